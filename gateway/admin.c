@@ -1,0 +1,239 @@
+/* Owns the admin HTTP endpoint: a small non-blocking server driven by
+ * main's poll loop. Requests are tiny GETs; each connection answers one
+ * request and closes. */
+#include "admin.h"
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/mem.h"
+#include "core/metrics.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MAX_CLIENTS 64
+#define REQ_MAX 4096
+#define CLIENT_TIMEOUT_MS 5000
+
+struct gw_admin_state gw_admin;
+
+struct client {
+    int fd;
+    uint64_t started_ms;
+    char req[REQ_MAX];
+    size_t req_len;
+    struct gw_text resp;
+    size_t resp_off;
+};
+
+static int listen_fd = -1;
+static struct client clients[MAX_CLIENTS];
+static unsigned nclients;
+
+int gw_admin_open(const struct gw_sockaddr *addr, char *err, size_t errlen)
+{
+    int one = 1;
+    int fd = socket(addr->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+    if (fd == -1) {
+        snprintf(err, errlen, "admin listener %s: %s", addr->text, strerror(errno));
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)&addr->sa, addr->len) == -1 || listen(fd, 64) == -1) {
+        snprintf(err, errlen, "cannot listen on admin address %s: %s%s", addr->text,
+                 strerror(errno), errno == EADDRINUSE ? " (another process holds the port)" : "");
+        close(fd);
+        return -1;
+    }
+    listen_fd = fd;
+    return 0;
+}
+
+unsigned gw_admin_pollfds(struct pollfd *fds, unsigned max)
+{
+    unsigned n = 0;
+    if (listen_fd >= 0 && n < max && nclients < MAX_CLIENTS)
+        fds[n++] = (struct pollfd){.fd = listen_fd, .events = POLLIN};
+    for (unsigned i = 0; i < nclients && n < max; i++)
+        fds[n++] = (struct pollfd){.fd = clients[i].fd,
+                                   .events = clients[i].resp.len ? POLLOUT : POLLIN};
+    return n;
+}
+
+static void process_metrics(struct gw_text *t)
+{
+    struct rusage ru;
+    long pages = 0, rss = 0;
+    unsigned fds = 0;
+    DIR *d;
+    FILE *f;
+
+    getrusage(RUSAGE_SELF, &ru);
+    f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+            rss = 0;
+        fclose(f);
+    }
+    d = opendir("/proc/self/fd");
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL)
+            if (e->d_name[0] != '.')
+                fds++;
+        closedir(d);
+    }
+    gw_text_printf(t,
+                   "# HELP gateway_build_info Build version.\n# TYPE gateway_build_info gauge\n"
+                   "gateway_build_info{version=\"%s\"} 1\n"
+                   "# HELP gateway_config_generation Generation of the running config.\n"
+                   "# TYPE gateway_config_generation gauge\ngateway_config_generation %llu\n"
+                   "# HELP gateway_config_reloads_total Config reloads by result.\n"
+                   "# TYPE gateway_config_reloads_total counter\n"
+                   "gateway_config_reloads_total{result=\"success\"} %llu\n"
+                   "gateway_config_reloads_total{result=\"failure\"} %llu\n"
+                   "# HELP gateway_config_last_reload_success 1 if the last reload worked.\n"
+                   "# TYPE gateway_config_last_reload_success gauge\n"
+                   "gateway_config_last_reload_success %d\n",
+                   GW_VERSION, (unsigned long long)gw_admin.generation,
+                   (unsigned long long)gw_admin.reloads_ok,
+                   (unsigned long long)gw_admin.reloads_failed, gw_admin.last_reload_ok ? 1 : 0);
+    gw_text_printf(t,
+                   "# HELP process_cpu_seconds_total User and system CPU time spent.\n"
+                   "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.3f\n"
+                   "# HELP process_resident_memory_bytes Resident memory size.\n"
+                   "# TYPE process_resident_memory_bytes gauge\n"
+                   "process_resident_memory_bytes %ld\n"
+                   "# HELP process_open_fds Open file descriptors.\n"
+                   "# TYPE process_open_fds gauge\nprocess_open_fds %u\n"
+                   "# HELP process_start_time_seconds Start time since the epoch.\n"
+                   "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.3f\n",
+                   (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+                       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6,
+                   rss * sysconf(_SC_PAGESIZE), fds, gw_admin.start_time);
+}
+
+static void respond(struct client *cl, int status, const char *reason, const char *ctype,
+                    const char *body, size_t body_len, bool head)
+{
+    gw_text_printf(&cl->resp,
+                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                   "Connection: close\r\n\r\n",
+                   status, reason, ctype, body_len);
+    if (!head && body_len)
+        gw_text_printf(&cl->resp, "%.*s", (int)body_len, body);
+}
+
+static void route(struct client *cl)
+{
+    char method[8] = "", path[256] = "";
+    bool head;
+
+    if (sscanf(cl->req, "%7s %255s", method, path) != 2) {
+        respond(cl, 400, "Bad Request", "text/plain", "bad request\n", 12, false);
+        return;
+    }
+    head = strcmp(method, "HEAD") == 0;
+    if (!head && strcmp(method, "GET") != 0) {
+        respond(cl, 405, "Method Not Allowed", "text/plain", "GET only\n", 9, false);
+        return;
+    }
+    char *q = strchr(path, '?');
+    if (q)
+        *q = '\0';
+    if (strcmp(path, "/healthz") == 0) {
+        respond(cl, 200, "OK", "text/plain", "ok\n", 3, head);
+    } else if (strcmp(path, "/readyz") == 0) {
+        if (gw_admin.ready && !gw_admin.draining)
+            respond(cl, 200, "OK", "text/plain", "ready\n", 6, head);
+        else
+            respond(cl, 503, "Service Unavailable", "text/plain",
+                    gw_admin.draining ? "draining\n" : "starting\n",
+                    gw_admin.draining ? 9 : 9, head);
+    } else if (strcmp(path, "/metrics") == 0) {
+        struct gw_text body = {0};
+        gw_metrics_render(&body);
+        process_metrics(&body);
+        respond(cl, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body.p, body.len,
+                head);
+        gw_text_free(&body);
+    } else {
+        respond(cl, 404, "Not Found", "text/plain", "not found\n", 10, head);
+    }
+}
+
+static void drop(unsigned i)
+{
+    close(clients[i].fd);
+    gw_text_free(&clients[i].resp);
+    clients[i] = clients[--nclients];
+}
+
+void gw_admin_handle(struct pollfd *fds, unsigned n)
+{
+    uint64_t now = gw_clock_update();
+
+    for (unsigned k = 0; k < n; k++) {
+        if (fds[k].revents == 0)
+            continue;
+        if (fds[k].fd == listen_fd) {
+            int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd >= 0) {
+                struct client *cl = &clients[nclients++];
+                memset(cl, 0, sizeof(*cl));
+                cl->fd = fd;
+                cl->started_ms = now;
+            }
+            continue;
+        }
+        for (unsigned i = 0; i < nclients; i++) {
+            struct client *cl = &clients[i];
+            if (cl->fd != fds[k].fd)
+                continue;
+            if (cl->resp.len == 0) {
+                ssize_t r = read(cl->fd, cl->req + cl->req_len, REQ_MAX - 1 - cl->req_len);
+                if (r <= 0) {
+                    if (r == 0 || (errno != EAGAIN && errno != EINTR))
+                        drop(i);
+                    break;
+                }
+                cl->req_len += (size_t)r;
+                cl->req[cl->req_len] = '\0';
+                if (strstr(cl->req, "\r\n\r\n") || strstr(cl->req, "\n\n"))
+                    route(cl);
+                else if (cl->req_len >= REQ_MAX - 1)
+                    respond(cl, 431, "Request Header Fields Too Large", "text/plain", "", 0,
+                            false);
+            }
+            if (cl->resp.len > cl->resp_off) {
+                ssize_t w = send(cl->fd, cl->resp.p + cl->resp_off, cl->resp.len - cl->resp_off,
+                                 MSG_NOSIGNAL);
+                if (w > 0)
+                    cl->resp_off += (size_t)w;
+                else if (w < 0 && errno != EAGAIN && errno != EINTR)
+                    drop(i);
+                else
+                    break;
+                if (i < nclients && clients[i].fd == fds[k].fd &&
+                    cl->resp_off == cl->resp.len)
+                    drop(i);
+            }
+            break;
+        }
+    }
+    /* Clients that stall are dropped, so 64 slow ones can't lock us out. */
+    for (unsigned i = 0; i < nclients;)
+        if (now - clients[i].started_ms > CLIENT_TIMEOUT_MS)
+            drop(i);
+        else
+            i++;
+}

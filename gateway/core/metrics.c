@@ -1,0 +1,276 @@
+/* Owns the metric registry (slot names) and the per-worker storage. */
+#include "core/metrics.h"
+
+#include "core/mem.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const uint64_t gw_duration_bounds_us[GW_DURATION_BUCKETS - 1] = {
+    1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000,
+    10000000,
+};
+
+static const char *const outcome_names[GW_OUTCOME_COUNT] = {
+    "success", "connect_error", "connect_timeout", "reset", "timeout", "bad_response",
+};
+
+struct server_name {
+    char *upstream;
+    char *server;
+};
+
+static unsigned nworkers;
+static struct gw_worker_stats *workers[GW_METRICS_MAX_WORKERS];
+static char *route_names[GW_METRICS_MAX_SLOTS];
+static unsigned nroutes;
+static struct server_name server_names[GW_METRICS_MAX_SLOTS];
+static unsigned nservers;
+
+void gw_metrics_init(unsigned n)
+{
+    nworkers = n;
+    for (unsigned i = 0; i < n; i++)
+        workers[i] = gw_xcalloc(1, sizeof(struct gw_worker_stats));
+    route_names[0] = gw_xstrdup("none");
+    for (unsigned i = 0; i < n; i++)
+        workers[i]->routes[0] = gw_xcalloc(1, sizeof(struct gw_route_stats));
+    nroutes = 1;
+}
+
+struct gw_worker_stats *gw_metrics_worker(unsigned worker)
+{
+    return workers[worker];
+}
+
+unsigned gw_metrics_route_slot(const char *route)
+{
+    for (unsigned i = 0; i < nroutes; i++)
+        if (strcmp(route_names[i], route) == 0)
+            return i;
+    if (nroutes == GW_METRICS_MAX_SLOTS)
+        return GW_METRICS_ROUTE_NONE;
+    route_names[nroutes] = gw_xstrdup(route);
+    for (unsigned i = 0; i < nworkers; i++)
+        workers[i]->routes[nroutes] = gw_xcalloc(1, sizeof(struct gw_route_stats));
+    return nroutes++;
+}
+
+unsigned gw_metrics_server_slot(const char *upstream, const char *server)
+{
+    for (unsigned i = 0; i < nservers; i++)
+        if (strcmp(server_names[i].upstream, upstream) == 0 &&
+            strcmp(server_names[i].server, server) == 0)
+            return i;
+    if (nservers == GW_METRICS_MAX_SLOTS)
+        return GW_METRICS_MAX_SLOTS - 1;
+    server_names[nservers].upstream = gw_xstrdup(upstream);
+    server_names[nservers].server = gw_xstrdup(server);
+    for (unsigned i = 0; i < nworkers; i++)
+        workers[i]->servers[nservers] = gw_xcalloc(1, sizeof(struct gw_server_stats));
+    return nservers++;
+}
+
+void gw_metrics_request(struct gw_worker_stats *ws, unsigned route_slot, int status,
+                        uint64_t duration_us)
+{
+    struct gw_route_stats *rs = ws->routes[route_slot];
+    unsigned b = 0;
+
+    if (status >= 100 && status < 600)
+        gw_stat_add(&rs->status[status], 1);
+    while (b < GW_DURATION_BUCKETS - 1 && duration_us > gw_duration_bounds_us[b])
+        b++;
+    gw_stat_add(&rs->dur_bucket[b], 1);
+    gw_stat_add(&rs->dur_sum_us, duration_us);
+}
+
+void gw_text_printf(struct gw_text *t, const char *fmt, ...)
+{
+    va_list ap;
+    for (;;) {
+        size_t room = t->cap - t->len;
+        va_start(ap, fmt);
+        int n = vsnprintf(t->p ? t->p + t->len : NULL, room, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            return;
+        if ((size_t)n < room) {
+            t->len += (size_t)n;
+            return;
+        }
+        t->cap = (t->cap + (size_t)n + 1) * 2;
+        t->p = gw_xrealloc(t->p, t->cap);
+    }
+}
+
+void gw_text_free(struct gw_text *t)
+{
+    free(t->p);
+    t->p = NULL;
+    t->len = t->cap = 0;
+}
+
+static uint64_t load(_Atomic uint64_t *c)
+{
+    return atomic_load_explicit(c, memory_order_relaxed);
+}
+
+/* Label values come from config names (restricted charset) and normalised
+ * addresses, so they need no escaping; still, never emit a quote or a
+ * backslash unescaped. */
+static void put_label(struct gw_text *t, const char *v)
+{
+    for (; *v; v++) {
+        if (*v == '"' || *v == '\\')
+            gw_text_printf(t, "\\%c", *v);
+        else if (*v == '\n')
+            gw_text_printf(t, "\\n");
+        else
+            gw_text_printf(t, "%c", *v);
+    }
+}
+
+#define SUM_WORKERS(expr)                                                                         \
+    ({                                                                                            \
+        uint64_t s_ = 0;                                                                          \
+        for (unsigned w_ = 0; w_ < nworkers; w_++) {                                              \
+            struct gw_worker_stats *ws = workers[w_];                                             \
+            s_ += (expr);                                                                         \
+        }                                                                                         \
+        s_;                                                                                       \
+    })
+
+static void render_requests(struct gw_text *out)
+{
+    gw_text_printf(out, "# HELP gateway_requests_total Requests answered, by route and status "
+                        "code.\n# TYPE gateway_requests_total counter\n");
+    for (unsigned r = 0; r < nroutes; r++) {
+        for (int code = 100; code < 600; code++) {
+            uint64_t v = SUM_WORKERS(load(&ws->routes[r]->status[code]));
+            if (v == 0)
+                continue;
+            gw_text_printf(out, "gateway_requests_total{route=\"");
+            put_label(out, route_names[r]);
+            gw_text_printf(out, "\",code=\"%d\"} %llu\n", code, (unsigned long long)v);
+        }
+    }
+
+    gw_text_printf(out, "# HELP gateway_request_duration_seconds Time from the request head to "
+                        "the last response byte, by route.\n"
+                        "# TYPE gateway_request_duration_seconds histogram\n");
+    for (unsigned r = 0; r < nroutes; r++) {
+        uint64_t cum = 0;
+        for (unsigned b = 0; b < GW_DURATION_BUCKETS; b++)
+            cum += SUM_WORKERS(load(&ws->routes[r]->dur_bucket[b]));
+        if (cum == 0)
+            continue;
+        cum = 0;
+        for (unsigned b = 0; b < GW_DURATION_BUCKETS; b++) {
+            cum += SUM_WORKERS(load(&ws->routes[r]->dur_bucket[b]));
+            gw_text_printf(out, "gateway_request_duration_seconds_bucket{route=\"");
+            put_label(out, route_names[r]);
+            if (b < GW_DURATION_BUCKETS - 1)
+                gw_text_printf(out, "\",le=\"%g\"} %llu\n",
+                               (double)gw_duration_bounds_us[b] / 1e6, (unsigned long long)cum);
+            else
+                gw_text_printf(out, "\",le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+        }
+        gw_text_printf(out, "gateway_request_duration_seconds_sum{route=\"");
+        put_label(out, route_names[r]);
+        gw_text_printf(out, "\"} %.6f\n",
+                       (double)SUM_WORKERS(load(&ws->routes[r]->dur_sum_us)) / 1e6);
+        gw_text_printf(out, "gateway_request_duration_seconds_count{route=\"");
+        put_label(out, route_names[r]);
+        gw_text_printf(out, "\"} %llu\n", (unsigned long long)cum);
+    }
+}
+
+static void server_labels(struct gw_text *out, unsigned s)
+{
+    gw_text_printf(out, "{upstream=\"");
+    put_label(out, server_names[s].upstream);
+    gw_text_printf(out, "\",server=\"");
+    put_label(out, server_names[s].server);
+    gw_text_printf(out, "\"");
+}
+
+static void render_servers(struct gw_text *out)
+{
+    gw_text_printf(out, "# HELP gateway_upstream_requests_total Requests sent to upstream "
+                        "servers, by outcome.\n# TYPE gateway_upstream_requests_total counter\n");
+    for (unsigned s = 0; s < nservers; s++) {
+        for (unsigned o = 0; o < GW_OUTCOME_COUNT; o++) {
+            uint64_t v = SUM_WORKERS(load(&ws->servers[s]->outcome[o]));
+            if (v == 0 && o != GW_OUTCOME_SUCCESS)
+                continue;
+            gw_text_printf(out, "gateway_upstream_requests_total");
+            server_labels(out, s);
+            gw_text_printf(out, ",outcome=\"%s\"} %llu\n", outcome_names[o],
+                           (unsigned long long)v);
+        }
+    }
+    gw_text_printf(out, "# HELP gateway_upstream_connects_total New connections opened to "
+                        "upstream servers.\n# TYPE gateway_upstream_connects_total counter\n");
+    for (unsigned s = 0; s < nservers; s++) {
+        gw_text_printf(out, "gateway_upstream_connects_total");
+        server_labels(out, s);
+        gw_text_printf(out, "} %llu\n",
+                       (unsigned long long)SUM_WORKERS(load(&ws->servers[s]->connects)));
+    }
+    gw_text_printf(out, "# HELP gateway_upstream_reused_total Requests sent on a pooled "
+                        "keep-alive connection.\n# TYPE gateway_upstream_reused_total counter\n");
+    for (unsigned s = 0; s < nservers; s++) {
+        gw_text_printf(out, "gateway_upstream_reused_total");
+        server_labels(out, s);
+        gw_text_printf(out, "} %llu\n",
+                       (unsigned long long)SUM_WORKERS(load(&ws->servers[s]->reused)));
+    }
+    gw_text_printf(out, "# HELP gateway_upstream_stale_retries_total Requests retried on a fresh "
+                        "connection because a pooled one had been closed by the server.\n"
+                        "# TYPE gateway_upstream_stale_retries_total counter\n");
+    for (unsigned s = 0; s < nservers; s++) {
+        gw_text_printf(out, "gateway_upstream_stale_retries_total");
+        server_labels(out, s);
+        gw_text_printf(out, "} %llu\n",
+                       (unsigned long long)SUM_WORKERS(load(&ws->servers[s]->stale_retry)));
+    }
+}
+
+static void render_counter(struct gw_text *out, const char *name, const char *help,
+                           uint64_t v)
+{
+    gw_text_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
+                   (unsigned long long)v);
+}
+
+void gw_metrics_render(struct gw_text *out)
+{
+    int64_t active = 0;
+    for (unsigned w = 0; w < nworkers; w++)
+        active += atomic_load_explicit(&workers[w]->active, memory_order_relaxed);
+
+    render_requests(out);
+    render_servers(out);
+    gw_text_printf(out, "# HELP gateway_connections_active Client connections open now.\n"
+                        "# TYPE gateway_connections_active gauge\n"
+                        "gateway_connections_active %lld\n",
+                   (long long)active);
+    render_counter(out, "gateway_connections_accepted_total", "Client connections accepted.",
+                   SUM_WORKERS(load(&ws->accepted)));
+    render_counter(out, "gateway_connections_rejected_total",
+                   "Client connections closed at once because max_connections was reached.",
+                   SUM_WORKERS(load(&ws->rejected_conns)));
+    render_counter(out, "gateway_bytes_received_total", "Bytes received from clients.",
+                   SUM_WORKERS(load(&ws->bytes_in)));
+    render_counter(out, "gateway_bytes_sent_total", "Bytes sent to clients.",
+                   SUM_WORKERS(load(&ws->bytes_out)));
+    render_counter(out, "gateway_ring_cq_overflow_total",
+                   "Times a worker's completion queue overflowed into the kernel backlog.",
+                   SUM_WORKERS(load(&ws->cq_overflow)));
+    render_counter(out, "gateway_access_log_dropped_total",
+                   "Access-log lines dropped because stdout could not keep up.",
+                   SUM_WORKERS(load(&ws->log_dropped)));
+}

@@ -1,0 +1,99 @@
+/* Per-worker counters and histograms, summed at scrape time into
+ * Prometheus text (format 0.0.4).
+ *
+ * Each counter has exactly one writer (its worker thread) and is _Atomic so
+ * that the scrape on the main thread reads it without a data race; writes
+ * are a relaxed load and store, which is a plain mov on x86. Labelled
+ * series (by route, by upstream server) live in "slots": main assigns a
+ * slot per name when a config is loaded, before workers see that config,
+ * and never reuses it, so counters survive reloads and names map to the
+ * same series for the life of the process. */
+#ifndef GW_CORE_METRICS_H
+#define GW_CORE_METRICS_H
+
+#include "core/buf.h"
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#define GW_METRICS_MAX_WORKERS 256
+#define GW_METRICS_MAX_SLOTS 1024
+#define GW_METRICS_ROUTE_NONE 0 /* slot of requests that matched no route */
+
+/* Upper bounds of the request duration histogram, in microseconds. */
+#define GW_DURATION_BUCKETS 14
+extern const uint64_t gw_duration_bounds_us[GW_DURATION_BUCKETS - 1];
+
+enum gw_outcome {
+    GW_OUTCOME_SUCCESS = 0,
+    GW_OUTCOME_CONNECT_ERROR,
+    GW_OUTCOME_CONNECT_TIMEOUT,
+    GW_OUTCOME_RESET,
+    GW_OUTCOME_TIMEOUT,
+    GW_OUTCOME_BAD_RESPONSE,
+    GW_OUTCOME_COUNT,
+};
+
+struct gw_route_stats {
+    _Atomic uint64_t status[600];
+    _Atomic uint64_t dur_bucket[GW_DURATION_BUCKETS]; /* not cumulative */
+    _Atomic uint64_t dur_sum_us;
+};
+
+struct gw_server_stats {
+    _Atomic uint64_t outcome[GW_OUTCOME_COUNT];
+    _Atomic uint64_t connects;    /* new upstream connections opened */
+    _Atomic uint64_t reused;      /* requests sent on a pooled connection */
+    _Atomic uint64_t stale_retry; /* pooled connection found closed, retried */
+};
+
+struct gw_worker_stats {
+    _Atomic uint64_t accepted;
+    _Atomic int64_t active;
+    _Atomic uint64_t cq_overflow;
+    _Atomic uint64_t log_dropped;
+    _Atomic uint64_t rejected_conns; /* over max_connections */
+    _Atomic uint64_t bytes_in;
+    _Atomic uint64_t bytes_out;
+    struct gw_route_stats *routes[GW_METRICS_MAX_SLOTS];
+    struct gw_server_stats *servers[GW_METRICS_MAX_SLOTS];
+};
+
+static inline void gw_stat_add(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+static inline void gw_stat_gauge_add(_Atomic int64_t *g, int64_t n)
+{
+    atomic_store_explicit(g, atomic_load_explicit(g, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+/* Main thread, once, before workers start. */
+void gw_metrics_init(unsigned nworkers);
+struct gw_worker_stats *gw_metrics_worker(unsigned worker);
+
+/* Main thread: the slot for a route name / an upstream server, allocating
+ * its per-worker storage the first time. Returns the slot, or 0 / the
+ * overflow slot when GW_METRICS_MAX_SLOTS names have been seen. */
+unsigned gw_metrics_route_slot(const char *route);
+unsigned gw_metrics_server_slot(const char *upstream, const char *server);
+
+/* Records one finished request in a worker's stats. */
+void gw_metrics_request(struct gw_worker_stats *ws, unsigned route_slot, int status,
+                        uint64_t duration_us);
+
+/* A growable text buffer for the scrape (main thread only). */
+struct gw_text {
+    char *p;
+    size_t len, cap;
+};
+__attribute__((format(printf, 2, 3))) void gw_text_printf(struct gw_text *t, const char *fmt, ...);
+void gw_text_free(struct gw_text *t);
+
+/* Appends every gateway_* family summed over workers. */
+void gw_metrics_render(struct gw_text *out);
+
+#endif

@@ -1,0 +1,56 @@
+/* Writes the heads a proxy sends: the request to the upstream and the
+ * response to the client, with hop-by-hop headers removed and the
+ * forwarding headers added. Pure functions over caller buffers. */
+#ifndef GW_HTTP_WRITE_H
+#define GW_HTTP_WRITE_H
+
+#include "http/msg.h"
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+struct gw_fwd_info {
+    struct gw_slice client_addr; /* appended to X-Forwarded-For */
+    struct gw_slice proto;       /* X-Forwarded-Proto: "http" or "https" */
+    struct gw_slice request_id;  /* X-Request-Id to send (kept or generated) */
+    bool request_id_present;     /* the client sent X-Request-Id: keep it as is */
+    struct gw_slice host;        /* Host to send when the request has neither a
+                                    Host field nor an authority (HTTP/1.0);
+                                    empty: an empty Host field */
+};
+
+/* Request head for the upstream: "METHOD path HTTP/1.1", the client's
+ * headers minus hop-by-hop ones (Connection and the names it lists,
+ * Keep-Alive, TE, Trailer, Proxy-*, Upgrade unless the request upgrades,
+ * Expect), then X-Forwarded-For (appended to the client's), X-Forwarded-Proto
+ * (replaced), X-Request-Id (added if the client sent none), and for upgrades
+ * "Connection: upgrade". Host is kept (added from the authority for
+ * absolute-form, which wins over a Host field; from fi->host for an
+ * HTTP/1.0 request without either). When request_id_present is false the
+ * client's X-Request-Id fields are dropped and fi->request_id sent instead.
+ * Content-Length, Transfer-Encoding and Host are never dropped, even when
+ * Connection names them. Returns the length written or -1 if it does not
+ * fit; nothing is written past cap. */
+ssize_t gw_http_write_request_head(char *out, size_t cap, const struct gw_request *req,
+                                   const struct gw_fwd_info *fi);
+
+/* Response head for the client: "HTTP/1.1 status reason", the upstream's
+ * headers minus hop-by-hop ones (kept for a 101 upgrade), X-Request-Id, and
+ * "Connection: close" when close is true (a keep-alive client of HTTP/1.0
+ * gets "Connection: keep-alive"). Returns the length or -1. */
+ssize_t gw_http_write_response_head(char *out, size_t cap, const struct gw_response *resp,
+                                    struct gw_slice request_id, bool close, int client_minor);
+
+/* The standard reason phrase of a status code, or "" when we know none. */
+const char *gw_http_reason(int status);
+
+/* A whole response the gateway makes itself: status line, Content-Type:
+ * text/plain (when body is not empty), Content-Length (not for 1xx, 204,
+ * 304), X-Request-Id (when request_id is not empty), "Connection: close"
+ * when close is true, extra_headers as given (NULL, or lines each ending
+ * in CRLF), the blank line and the body. Returns the length or -1 if it
+ * does not fit in cap. */
+ssize_t gw_http_write_simple_response(char *out, size_t cap, int status, struct gw_slice request_id,
+                                      bool close, const char *extra_headers, struct gw_slice body);
+
+#endif

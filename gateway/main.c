@@ -1,0 +1,202 @@
+/* Owns the process: command line, the first config load, the workers, and
+ * the main loop over signals (HUP reload, TERM/INT drain) and the admin
+ * listener. Only main exits the process. */
+#include "admin.h"
+#include "core/clock.h"
+#include "core/config.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "io/ring.h"
+#include "worker.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: gateway [-t] -c FILE\n"
+               "       gateway -V\n"
+               "  -c FILE  run with this config file (libconfig)\n"
+               "  -t       check the config file and exit: 0 valid, 1 invalid\n"
+               "  -V       print the version and exit\n");
+}
+
+static uint64_t generation;
+
+static void assign_slots(struct gw_config *cfg)
+{
+    for (size_t i = 0; i < cfg->nroutes; i++)
+        cfg->routes[i].metrics_slot = gw_metrics_route_slot(cfg->routes[i].name);
+    for (size_t i = 0; i < cfg->nservers; i++)
+        cfg->servers[i].metrics_slot =
+            gw_metrics_server_slot(cfg->servers[i].upstream->name, cfg->servers[i].addr.text);
+    cfg->generation = ++generation;
+}
+
+static void reload(const char *path, struct gw_config *running)
+{
+    struct gw_config *cfg;
+    char err[1024];
+
+    if (gw_config_load(path, &cfg, err, sizeof(err)) != 0) {
+        gw_log_error("reload failed, keeping generation %llu: %s",
+                     (unsigned long long)generation, err);
+        gw_admin.reloads_failed++;
+        gw_admin.last_reload_ok = false;
+        return;
+    }
+    if (cfg->workers != running->workers)
+        gw_log_error("reload: 'workers' changed from %u to %u; that takes a restart",
+                     running->workers, cfg->workers);
+    /* Listener and admin address changes need new sockets; until the reload
+     * issue lands they take a restart too, and we say so. */
+    if (cfg->nlistens != running->nlistens)
+        gw_log_error("reload: listener changes take a restart");
+    assign_slots(cfg);
+    gw_workers_publish(cfg);
+    gw_log_error("reload: now serving generation %llu from %s", (unsigned long long)generation,
+                 path);
+    gw_admin.generation = generation;
+    gw_admin.reloads_ok++;
+    gw_admin.last_reload_ok = true;
+    gw_config_unref(cfg); /* the workers' publish holds it now */
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = NULL;
+    bool test_only = false;
+    struct gw_config *cfg, *running;
+    char err[1024];
+    sigset_t mask;
+    int sfd, opt, ret;
+    struct gw_ring probe;
+    uint64_t drain_deadline = 0;
+    bool draining = false;
+
+    while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+        switch (opt) {
+        case 'c':
+            path = optarg;
+            break;
+        case 't':
+            test_only = true;
+            break;
+        case 'V':
+            printf("gateway %s\n", GW_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (path == NULL || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    if (gw_config_load(path, &cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "gateway: %s\n", err);
+        return 1;
+    }
+    if (test_only) {
+        fprintf(stderr, "gateway: %s: configuration is valid\n", path);
+        gw_config_unref(cfg);
+        return 0;
+    }
+
+    /* Signals go to the signalfd only: block them before any thread starts
+     * so that workers inherit the mask. */
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGHUP);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd == -1) {
+        fprintf(stderr, "gateway: signalfd: %s\n", strerror(errno));
+        return 1;
+    }
+
+    ret = gw_ring_init(&probe, 8, err, sizeof(err));
+    if (ret < 0) {
+        fprintf(stderr, "gateway: %s\n", err);
+        return 1;
+    }
+    gw_ring_exit(&probe);
+
+    if (gw_admin_open(&cfg->admin, err, sizeof(err)) != 0) {
+        fprintf(stderr, "gateway: %s\n", err);
+        return 1;
+    }
+    gw_admin.start_time = (double)gw_clock_wall_us() / 1e6;
+
+    unsigned n = gw_workers_resolve(cfg->workers);
+    gw_metrics_init(n);
+    assign_slots(cfg);
+    gw_admin.generation = generation;
+    gw_admin.last_reload_ok = true;
+    if (gw_workers_start(cfg, n, err, sizeof(err)) != 0) {
+        fprintf(stderr, "gateway: %s\n", err);
+        return 1;
+    }
+    running = cfg;
+    gw_admin.ready = true;
+    gw_log_error("serving generation %llu from %s with %u workers",
+                 (unsigned long long)generation, path, n);
+
+    for (;;) {
+        struct pollfd fds[80];
+        unsigned nfds;
+        struct signalfd_siginfo si;
+
+        fds[0] = (struct pollfd){.fd = sfd, .events = POLLIN};
+        nfds = 1 + gw_admin_pollfds(fds + 1, 79);
+        ret = poll(fds, nfds, draining ? 20 : 200);
+        if (ret < 0 && errno != EINTR) {
+            gw_log_error("poll: %s", strerror(errno));
+            break;
+        }
+        gw_workers_tick();
+        if (ret > 0)
+            gw_admin_handle(fds + 1, nfds - 1);
+        while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
+            if (si.ssi_signo == SIGHUP && !draining) {
+                reload(path, running);
+            } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+                if (draining) {
+                    gw_log_error("second signal: exiting now");
+                    _exit(0);
+                }
+                draining = true;
+                gw_admin.draining = true;
+                drain_deadline = gw_clock_update() + running->drain_timeout_ms;
+                gw_log_error("draining: no new connections, up to %u ms for requests in flight",
+                             running->drain_timeout_ms);
+                gw_workers_drain();
+            }
+        }
+        if (draining) {
+            if (gw_workers_done())
+                break;
+            if (gw_clock_update() >= drain_deadline) {
+                gw_log_error("drain timeout: closing what is left");
+                break;
+            }
+        }
+    }
+    gw_workers_stop();
+    gw_workers_join();
+    gw_log_error("stopped");
+    return 0;
+}

@@ -1,0 +1,288 @@
+/* The per-worker proxy state and the objects that live on a worker: client
+ * connections, requests, upstream connections and pools, splice pumps.
+ * Everything here is owned by one worker thread and touched by no other;
+ * nothing takes a lock. */
+#ifndef GW_PROXY_CTX_H
+#define GW_PROXY_CTX_H
+
+#include "core/buf.h"
+#include "core/config.h"
+#include "core/metrics.h"
+#include "http/chunked.h"
+#include "http/msg.h"
+#include "io/bufring.h"
+#include "io/ring.h"
+#include "io/timer.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+/* Bodies with at least this many bytes still to move go through a pipe
+ * with splice; smaller ones are copied from the buffer we already hold. */
+#define GW_SPLICE_MIN_BYTES (64 * 1024)
+/* Response bytes read per upstream recv in copy mode. */
+#define GW_UP_BUF_BODY (32 * 1024)
+
+struct gw_wctx;
+struct gw_conn;
+
+/* A stack of equal-sized buffers, so that steady-state requests do not
+ * call malloc. */
+struct gw_bufpool {
+    size_t size;
+    char **free;
+    unsigned n, cap;
+};
+
+/* A worker's hold on one config snapshot. Requests point at the cfgref they
+ * started on; it is dropped when it is no longer current and has no users. */
+struct gw_cfgref {
+    struct gw_config *cfg;
+    unsigned users;         /* requests in flight on it, +1 while current */
+    struct gw_pool **pools; /* by gw_server.index */
+    unsigned *rr;           /* round-robin cursor by gw_upstream.index */
+};
+
+/* Idle and active connections to one upstream server, for one worker. */
+struct gw_pool {
+    struct gw_sockaddr addr;
+    unsigned stats_slot;
+    struct gw_upconn *idle; /* LIFO: the most recently used first */
+    unsigned nidle;
+    unsigned active; /* connections serving a request (least_conn) */
+    struct gw_pool *next;
+};
+
+/* Moves bytes from one socket to another through a pipe with splice,
+ * polling for readiness first so that no io-wq thread waits on an idle
+ * socket. Owned by its embedder, which must not free it while refs > 0. */
+struct gw_pump {
+    struct gw_wctx *w;
+    int from, to;
+    int pipe[2];
+    uint64_t left;  /* bytes still to move; UINT64_MAX: until EOF */
+    size_t in_pipe; /* bytes spliced in and not yet out */
+    unsigned refs;  /* ops in flight */
+    bool stop, eof, finished, in_again;
+    int err;
+    struct gw_op poll_op, in_op, out_op;
+    void (*done)(struct gw_pump *p, int err); /* called once, after the last op */
+};
+
+/* One connection to an upstream server. Owned by its pool while idle, by
+ * the request using it otherwise (req->up). */
+struct gw_upconn {
+    struct gw_wctx *w;
+    struct gw_pool *pool;
+    int fd;
+    unsigned refs;
+    unsigned flags;
+    struct gw_op connect_op, send_op, recv_op, poll_op;
+    struct __kernel_timespec connect_ts;
+    struct gw_buf in; /* response bytes */
+    struct msghdr msg;
+    struct iovec iov[1];
+    struct gw_req *req; /* NULL while idle or closing */
+    bool reused;        /* taken from the pool, not freshly connected */
+    struct gw_upconn *next;
+    struct gw_timer idle_timer;
+};
+
+enum gw_req_phase {
+    GW_REQ_SEND = 0,   /* head (and body bytes) going to the upstream */
+    GW_REQ_BODY_SPLICE,
+    GW_REQ_DONE,
+};
+
+enum gw_resp_phase {
+    GW_RESP_WAIT = 0, /* no response byte yet */
+    GW_RESP_BODY,     /* head sent or being sent, body in copy mode */
+    GW_RESP_SPLICE,
+    GW_RESP_TUNNEL,
+    GW_RESP_DONE,
+};
+
+/* One request in flight on a client connection. */
+struct gw_req {
+    struct gw_conn *c;
+    struct gw_cfgref *cfgref;
+    const struct gw_route *route;
+    const struct gw_server *server;
+    struct gw_upconn *up;
+    unsigned attempts;
+    unsigned route_slot;
+
+    /* copied out of the head for the log and for decisions after the head
+     * bytes are gone */
+    enum gw_method method;
+    unsigned req_flags;
+    int client_minor;
+    char method_str[16];
+    char path[256];
+    unsigned method_len, path_len;
+    char rid[129];
+    unsigned rid_len;
+
+    uint64_t start_us;
+    int status;
+    uint64_t bytes_out;
+
+    /* request side */
+    enum gw_req_phase req_phase;
+    struct gw_buf uout;    /* bytes for the upstream: head, then body pieces */
+    bool uout_sending;
+    bool uout_keep;        /* whole request in uout: keep it for a retry */
+    size_t uout_sent;      /* bytes of uout sent when uout_keep */
+    uint64_t body_left;    /* Content-Length bytes not yet taken from c->in */
+    uint64_t body_seen;    /* chunked body bytes taken so far (max_body_bytes) */
+    bool body_chunked;
+    bool up_ready;         /* r->up is connected */
+    bool up_recv_started;  /* the response recv has been issued */
+    bool pump_down_on, pump_up_on;
+    bool aborting;
+    bool logged;
+    struct gw_chunked chunk;
+
+    /* response side */
+    enum gw_resp_phase resp_phase;
+    bool resp_head_sent;
+    bool resp_until_close;
+    bool resp_chunked;
+    bool client_close; /* announce and do close the client after this */
+    bool up_reusable;
+    uint64_t resp_left;
+    struct gw_chunked rchunk;
+    size_t resp_pending; /* bytes of up->in being sent to the client */
+
+    struct gw_timer deadline;
+    struct gw_op defer_op;
+    int defer_err;
+    struct gw_pump pump_up;   /* upstream -> client */
+    struct gw_pump pump_down; /* client -> upstream */
+    unsigned tunnel_open;     /* tunnel directions still running */
+    struct gw_req *next_free;
+};
+
+enum {
+    GW_C_RECV_ARMED = 1 << 0,
+    GW_C_RECV_CANCEL = 1 << 1, /* cancel of the multishot recv requested */
+    GW_C_SEND_BUSY = 1 << 2,
+    GW_C_CLOSING = 1 << 3,
+    GW_C_PEER_EOF = 1 << 4,
+    GW_C_HOLD_RECV = 1 << 5, /* keep the recv stopped (splice, tunnel) */
+    GW_C_IN_HEAD = 1 << 6,   /* bytes of a request head have arrived */
+};
+
+struct gw_conn {
+    struct gw_wctx *w;
+    int fd;
+    unsigned refs; /* ops in flight (pumps count through their own refs) */
+    unsigned flags;
+    struct gw_op recv_op, send_op;
+    struct gw_timer timer; /* header / idle timeout */
+    struct gw_buf in;      /* bytes from the client not yet used */
+    struct gw_buf out;     /* heads and responses we write to the client */
+    struct msghdr msg;
+    struct iovec iov[2];
+    void (*on_sent)(struct gw_conn *c);  /* after a whole send completed */
+    void (*deferred)(struct gw_conn *c); /* a send waiting for the current one */
+    struct gw_req *req;
+    char peer[48];
+    unsigned peer_len;
+    unsigned requests;
+    struct gw_conn *prev, *next; /* the worker's list of open connections */
+};
+
+struct gw_wctx {
+    unsigned id;
+    struct gw_ring ring;
+    struct gw_bufring br;
+    struct gw_timers timers;
+    struct gw_worker_stats *stats;
+    struct gw_cfgref *cur;
+
+    struct gw_conn *conns; /* open client connections */
+    struct gw_conn *free_conns;
+    struct gw_req *free_reqs;
+    struct gw_upconn *free_upconns;
+    struct gw_bufpool in_pool;  /* client input, upstream output */
+    struct gw_bufpool out_pool; /* client output heads, upstream input */
+    int *free_pipes;            /* pairs */
+    unsigned nfree_pipes;
+    struct gw_pool *pools;
+    unsigned nconns, max_conns;
+    bool draining;
+
+    uint64_t rid_seed, rid_seq;
+
+    /* parse results, used only within one call chain */
+    struct gw_request preq;
+    struct gw_response presp;
+
+    /* access log: lines gather in log_buf[log_cur] and go to stdout with one
+     * ring write per loop turn; while one write is in flight the other
+     * buffer fills */
+    char *log_buf[2];
+    size_t log_len[2];
+    unsigned log_cur;
+    bool log_busy;
+    struct gw_op log_op;
+};
+
+/* ctx.c */
+void gw_bufpool_init(struct gw_bufpool *bp, size_t size);
+void gw_bufpool_free(struct gw_bufpool *bp);
+/* A buffer of bp->size (from the pool or malloc) into b. */
+void gw_bufpool_get(struct gw_bufpool *bp, struct gw_buf *b);
+/* Returns b's storage to the pool (or frees it if of another size). */
+void gw_bufpool_put(struct gw_bufpool *bp, struct gw_buf *b);
+
+int gw_pipe_get(struct gw_wctx *w, int fds[2]);
+/* clean: the pipe is known empty and may be reused. */
+void gw_pipe_put(struct gw_wctx *w, int fds[2], bool clean);
+
+struct gw_cfgref *gw_cfgref_new(struct gw_wctx *w, struct gw_config *cfg);
+void gw_cfgref_release(struct gw_wctx *w, struct gw_cfgref *ref);
+
+void gw_log_access(struct gw_wctx *w, const struct gw_req *r);
+void gw_log_flush(struct gw_wctx *w);
+
+/* session.c */
+void gw_conn_accepted(struct gw_wctx *w, int fd);
+/* Draining: close idle connections, make busy ones close after their
+ * response. */
+void gw_conns_drain(struct gw_wctx *w);
+
+/* upstream.c */
+/* Picks a server for the request's route and gets a connection to it,
+ * pooled or new. Calls gw_req_up_ready(r, 0) or gw_req_up_ready(r, -err)
+ * later, never before returning. fresh: don't use a pooled connection. */
+void gw_upstream_acquire(struct gw_req *r, bool fresh);
+/* The request is done with its connection: pool it if reusable, else close. */
+void gw_upstream_release(struct gw_req *r, bool reusable);
+void gw_upconn_send(struct gw_upconn *u, const char *p, size_t n);
+void gw_upconn_recv(struct gw_upconn *u);
+void gw_pools_close_idle(struct gw_wctx *w);
+
+/* Callbacks from upstream.c into session.c. */
+void gw_req_up_ready(struct gw_req *r, int err);
+void gw_req_up_sent(struct gw_req *r, int res);
+void gw_req_up_data(struct gw_req *r, int res);
+/* Reports err to gw_req_up_ready on the next loop turn. */
+void gw_req_defer_error(struct gw_req *r, int err);
+
+/* pump.c */
+/* Starts moving `left` bytes (UINT64_MAX: until EOF) from -> to. The pump
+ * calls p->done exactly once, after its last op, never before returning. */
+int gw_pump_start(struct gw_pump *p, struct gw_wctx *w, int from, int to, uint64_t left,
+                  void (*done)(struct gw_pump *p, int err));
+/* Asks a running pump to stop; done still comes. */
+void gw_pump_stop(struct gw_pump *p);
+
+/* respond.c */
+/* Writes a response the gateway makes into c->out. */
+void gw_respond_build(struct gw_conn *c, int status, bool close, const char *extra,
+                      const char *body);
+
+#endif

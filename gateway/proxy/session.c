@@ -1,0 +1,1304 @@
+/* Owns client connections and the requests on them: the keep-alive loop
+ * (read head, parse, route, forward, relay the response, repeat), the
+ * head/idle/request timers, and every decision about closing.
+ *
+ * The order of the request path lives here and nowhere else:
+ *   parse -> route -> limits -> upstream connection -> request head + body
+ *   -> response head -> response body -> log/metrics -> next request.
+ *
+ * A client connection keeps one multishot recv armed; every CQE's bytes are
+ * copied out of the provided buffer into c->in and the buffer goes straight
+ * back to the ring, so a slow upstream never pins ring buffers. The recv is
+ * stopped (cancelled) only while a large body or a tunnel is spliced. */
+#include "proxy/ctx.h"
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/mem.h"
+#include "http/parse.h"
+#include "http/write.h"
+#include "policy/router.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
+
+static const char continue_100[] = "HTTP/1.1 100 Continue\r\n\r\n";
+
+static void conn_process(struct gw_conn *c);
+static void conn_closing_progress(struct gw_conn *c);
+static void conn_close(struct gw_conn *c);
+static void conn_abort(struct gw_conn *c);
+static void req_advance_up(struct gw_req *r);
+static void req_try_finish(struct gw_req *r);
+static void req_fail(struct gw_req *r, int status, enum gw_outcome outcome);
+static void resp_send(struct gw_conn *c);
+static void tunnel_continue(struct gw_req *r);
+
+/* ---- client socket ops -------------------------------------------------- */
+
+static bool conn_wants_recv(const struct gw_conn *c)
+{
+    return !(c->flags & (GW_C_CLOSING | GW_C_PEER_EOF | GW_C_HOLD_RECV | GW_C_RECV_ARMED)) &&
+           (c->in.data == NULL || c->in.len < c->in.cap);
+}
+
+static void arm_recv(struct gw_conn *c)
+{
+    struct io_uring_sqe *sqe;
+
+    if (!conn_wants_recv(c))
+        return;
+    sqe = gw_ring_sqe(&c->w->ring);
+    io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = c->w->br.bgid;
+    gw_sqe_op(sqe, &c->recv_op);
+    c->refs++;
+    c->flags |= GW_C_RECV_ARMED;
+}
+
+static void stop_recv(struct gw_conn *c)
+{
+    struct io_uring_sqe *sqe;
+
+    if (!(c->flags & GW_C_RECV_ARMED) || (c->flags & GW_C_RECV_CANCEL))
+        return;
+    sqe = gw_ring_sqe(&c->w->ring);
+    io_uring_prep_cancel(sqe, &c->recv_op, 0);
+    gw_sqe_op(sqe, NULL);
+    c->flags |= GW_C_RECV_CANCEL;
+}
+
+static void conn_free_if_done(struct gw_conn *c)
+{
+    struct gw_wctx *w = c->w;
+
+    if (!(c->flags & GW_C_CLOSING) || c->refs > 0 || c->req != NULL)
+        return;
+    gw_timer_cancel(&w->timers, &c->timer);
+    close(c->fd);
+    gw_bufpool_put(&w->in_pool, &c->in);
+    gw_bufpool_put(&w->out_pool, &c->out);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    w->nconns--;
+    gw_stat_gauge_add(&w->stats->active, -1);
+    c->next = w->free_conns;
+    w->free_conns = c;
+}
+
+/* Appends bytes from the ring to c->in. The buffer is taken from the pool
+ * on demand and grows past its size only when CQEs that were already in
+ * flight arrive after we decided to stop reading. */
+static void in_append(struct gw_conn *c, const char *p, size_t n)
+{
+    struct gw_buf *b = &c->in;
+
+    gw_bufpool_get(&c->w->in_pool, b);
+    if (gw_buf_append(b, p, n) == 0)
+        return;
+    gw_buf_compact(b);
+    b->cap = b->len + n > 2 * b->cap ? b->len + n : 2 * b->cap;
+    b->data = gw_xrealloc(b->data, b->cap);
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+}
+
+static void on_client_input(struct gw_conn *c)
+{
+    if (c->req == NULL)
+        conn_process(c);
+    else
+        req_advance_up(c->req);
+}
+
+static void on_client_eof(struct gw_conn *c)
+{
+    struct gw_req *r = c->req;
+
+    if (r == NULL) {
+        conn_close(c);
+        return;
+    }
+    /* A client may half-close after sending its request; it still gets the
+     * response, and the connection closes after it. A client that leaves
+     * in the middle of its request body abandons the request. */
+    r->client_close = true;
+    if (r->req_phase != GW_REQ_DONE && r->req_phase != GW_REQ_BODY_SPLICE &&
+        (r->body_left > 0 || (r->body_chunked && !r->chunk.done)) && c->in.len == 0)
+        conn_abort(c);
+}
+
+static void on_recv(struct gw_op *op, int res, unsigned flags)
+{
+    struct gw_conn *c = container_of(op, struct gw_conn, recv_op);
+    struct gw_wctx *w = c->w;
+
+    if (!(flags & IORING_CQE_F_MORE)) {
+        c->refs--;
+        c->flags &= ~(GW_C_RECV_ARMED | GW_C_RECV_CANCEL);
+    }
+    if (flags & IORING_CQE_F_BUFFER) {
+        unsigned bid = gw_bufring_bid(flags);
+        if (res > 0 && !(c->flags & GW_C_CLOSING)) {
+            in_append(c, gw_bufring_buf(&w->br, bid), (size_t)res);
+            gw_stat_add(&w->stats->bytes_in, (uint64_t)res);
+        }
+        gw_bufring_recycle(&w->br, bid);
+    }
+    if (c->flags & GW_C_CLOSING) {
+        conn_closing_progress(c);
+        return;
+    }
+    /* Stop reading while the input buffer is full; whoever consumes from
+     * it re-arms. CQEs already on their way still land (in_append grows). */
+    if (c->in.len >= c->w->in_pool.size && (c->flags & GW_C_RECV_ARMED))
+        stop_recv(c);
+    if (res > 0) {
+        on_client_input(c);
+    } else if (res == 0) {
+        c->flags |= GW_C_PEER_EOF;
+        on_client_eof(c);
+    } else if (res != -ENOBUFS && res != -ECANCELED) {
+        conn_abort(c);
+        return;
+    }
+    if (c->flags & GW_C_CLOSING)
+        return;
+    /* A recv stopped on purpose (splice, tunnel) lets its owner go on. */
+    if (!(c->flags & GW_C_RECV_ARMED) && (c->flags & GW_C_HOLD_RECV) && c->req) {
+        if (c->req->resp_phase == GW_RESP_TUNNEL)
+            tunnel_continue(c->req);
+        else
+            req_advance_up(c->req);
+        return;
+    }
+    arm_recv(c);
+}
+
+static void on_send(struct gw_op *op, int res, unsigned flags)
+{
+    struct gw_conn *c = container_of(op, struct gw_conn, send_op);
+    void (*fn)(struct gw_conn *);
+    size_t n;
+    (void)flags;
+
+    c->refs--;
+    c->flags &= ~GW_C_SEND_BUSY;
+    if (c->flags & GW_C_CLOSING) {
+        conn_closing_progress(c);
+        return;
+    }
+    if (res <= 0) {
+        conn_abort(c);
+        return;
+    }
+    gw_stat_add(&c->w->stats->bytes_out, (uint64_t)res);
+    if (c->req)
+        c->req->bytes_out += (uint64_t)res;
+    /* Advance past what was sent; send the rest if it was short. */
+    n = (size_t)res;
+    while (c->msg.msg_iovlen > 0 && n >= c->msg.msg_iov[0].iov_len) {
+        n -= c->msg.msg_iov[0].iov_len;
+        c->msg.msg_iov++;
+        c->msg.msg_iovlen--;
+    }
+    if (c->msg.msg_iovlen > 0) {
+        struct io_uring_sqe *sqe;
+        c->msg.msg_iov[0].iov_base = (char *)c->msg.msg_iov[0].iov_base + n;
+        c->msg.msg_iov[0].iov_len -= n;
+        sqe = gw_ring_sqe(&c->w->ring);
+        io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
+        gw_sqe_op(sqe, &c->send_op);
+        c->refs++;
+        c->flags |= GW_C_SEND_BUSY;
+        return;
+    }
+    fn = c->on_sent;
+    c->on_sent = NULL;
+    if (fn)
+        fn(c);
+    if (!(c->flags & (GW_C_SEND_BUSY | GW_C_CLOSING)) && c->deferred) {
+        fn = c->deferred;
+        c->deferred = NULL;
+        fn(c);
+    }
+}
+
+/* Sends c->iov[0..n) with one sendmsg; on_sent runs when all of it went. */
+static void c_send(struct gw_conn *c, int n, void (*on_sent)(struct gw_conn *c))
+{
+    struct io_uring_sqe *sqe;
+
+    c->msg.msg_iov = c->iov;
+    c->msg.msg_iovlen = (size_t)n;
+    c->on_sent = on_sent;
+    sqe = gw_ring_sqe(&c->w->ring);
+    io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
+    gw_sqe_op(sqe, &c->send_op);
+    c->refs++;
+    c->flags |= GW_C_SEND_BUSY;
+}
+
+/* ---- timers ------------------------------------------------------------- */
+
+static void respond_noreq(struct gw_conn *c, int status);
+
+static void on_conn_timer(struct gw_timer *t)
+{
+    struct gw_conn *c = container_of(t, struct gw_conn, timer);
+
+    if (c->req != NULL || (c->flags & GW_C_CLOSING))
+        return;
+    if ((c->flags & GW_C_IN_HEAD) && c->in.len > 0 && !(c->flags & GW_C_SEND_BUSY))
+        respond_noreq(c, 408);
+    else
+        conn_close(c); /* idle keep-alive connection, or a silent new one */
+}
+
+static void on_deadline(struct gw_timer *t)
+{
+    struct gw_req *r = container_of(t, struct gw_req, deadline);
+
+    if (r->resp_phase == GW_RESP_WAIT)
+        req_fail(r, 504, GW_OUTCOME_TIMEOUT);
+    else
+        conn_abort(r->c); /* the response had begun: cut it */
+}
+
+static void set_conn_timer(struct gw_conn *c, uint32_t ms)
+{
+    gw_timer_set(&c->w->timers, &c->timer, gw_now_ms + ms);
+}
+
+/* ---- requests ----------------------------------------------------------- */
+
+/* Lets go of the upstream connection. Its ops are cancelled with it and
+ * their callbacks no longer reach the request, so a send to it is no
+ * longer "in flight" for us. */
+static void req_drop_up(struct gw_req *r, bool reusable)
+{
+    gw_upstream_release(r, reusable);
+    r->uout_sending = false;
+    r->up_ready = false;
+}
+
+
+static struct gw_req *req_new(struct gw_conn *c)
+{
+    struct gw_wctx *w = c->w;
+    struct gw_req *r = w->free_reqs;
+
+    if (r)
+        w->free_reqs = r->next_free;
+    else
+        r = gw_xmalloc(sizeof(*r));
+    memset(r, 0, sizeof(*r));
+    r->c = c;
+    r->cfgref = w->cur;
+    w->cur->users++;
+    r->start_us = gw_clock_us();
+    r->route_slot = GW_METRICS_ROUTE_NONE;
+    r->pump_up.pipe[0] = r->pump_up.pipe[1] = -1;
+    r->pump_down.pipe[0] = r->pump_down.pipe[1] = -1;
+    gw_timer_init(&r->deadline, on_deadline);
+    c->req = r;
+    return r;
+}
+
+static void make_request_id(struct gw_wctx *w, struct gw_req *r)
+{
+    uint64_t seq = ++w->rid_seq;
+    /* 128 bits: a per-worker random seed and a counter mixed with the
+     * worker id, so ids never repeat within a process and are unlikely to
+     * repeat across processes. */
+    r->rid_len = (unsigned)snprintf(r->rid, sizeof(r->rid), "%016llx%016llx",
+                                    (unsigned long long)w->rid_seed,
+                                    (unsigned long long)(seq ^ ((uint64_t)w->id << 56)));
+}
+
+static void copy_request_facts(struct gw_req *r, const struct gw_request *q)
+{
+    const struct gw_header *h;
+
+    r->method = q->method;
+    r->req_flags = q->flags;
+    r->client_minor = q->minor_version;
+    r->method_len = q->method_str.len < sizeof(r->method_str) ? (unsigned)q->method_str.len
+                                                              : sizeof(r->method_str);
+    memcpy(r->method_str, q->method_str.ptr, r->method_len);
+    r->path_len = q->target.len < sizeof(r->path) ? (unsigned)q->target.len : sizeof(r->path);
+    memcpy(r->path, q->target.ptr, r->path_len);
+    h = gw_http_find_header(q->headers, q->nheaders, "x-request-id");
+    if (h != NULL && h->value.len > 0 && h->value.len < sizeof(r->rid)) {
+        memcpy(r->rid, h->value.ptr, h->value.len);
+        r->rid_len = (unsigned)h->value.len;
+    } else {
+        make_request_id(r->c->w, r);
+    }
+}
+
+/* Finishes the request once every part of it has stopped: the response is
+ * done (or abandoned), no send or splice of it is in flight. */
+static void req_finish(struct gw_req *r)
+{
+    struct gw_conn *c = r->c;
+    struct gw_wctx *w = c->w;
+    const struct gw_config *cfg = r->cfgref->cfg;
+    bool close_client = r->client_close || w->draining || (c->flags & GW_C_CLOSING);
+
+    if (!r->logged) {
+        r->logged = true;
+        if (r->status == 0)
+            r->status = 499; /* the client went away before any answer */
+        gw_metrics_request(w->stats, r->route_slot, r->status, gw_clock_us() - r->start_us);
+        if (cfg->access_log)
+            gw_log_access(w, r);
+    }
+    gw_timer_cancel(&w->timers, &r->deadline);
+    req_drop_up(r, r->up_reusable && r->req_phase == GW_REQ_DONE &&
+                       r->resp_phase == GW_RESP_DONE);
+    gw_bufpool_put(&w->in_pool, &r->uout);
+    if (!(c->flags & GW_C_SEND_BUSY))
+        gw_bufpool_put(&w->out_pool, &c->out);
+    gw_cfgref_release(w, r->cfgref);
+    c->req = NULL;
+    r->next_free = w->free_reqs;
+    w->free_reqs = r;
+    c->requests++;
+    c->flags &= ~(GW_C_IN_HEAD | GW_C_HOLD_RECV);
+
+    if (c->flags & GW_C_CLOSING) {
+        conn_free_if_done(c);
+        return;
+    }
+    if (close_client) {
+        conn_close(c);
+        return;
+    }
+    set_conn_timer(c, cfg->limits.idle_timeout_ms);
+    conn_process(c); /* a pipelined request may be waiting in c->in */
+}
+
+static bool req_busy(const struct gw_req *r)
+{
+    return r->uout_sending || r->pump_down_on || r->pump_up_on ||
+           (r->c->flags & GW_C_SEND_BUSY) || r->c->deferred != NULL;
+}
+
+static void req_try_finish(struct gw_req *r)
+{
+    if (r->resp_phase == GW_RESP_DONE && !req_busy(r))
+        req_finish(r);
+}
+
+/* Stops everything the request has in flight; req_try_finish completes it
+ * when the last piece reports back. */
+static void req_abort(struct gw_req *r)
+{
+    r->aborting = true;
+    r->resp_phase = GW_RESP_DONE;
+    r->up_reusable = false;
+    r->client_close = true;
+    if (r->pump_up_on)
+        gw_pump_stop(&r->pump_up);
+    if (r->pump_down_on)
+        gw_pump_stop(&r->pump_down);
+    if (r->up != NULL && !r->pump_up_on && !r->pump_down_on)
+        req_drop_up(r, false);
+    r->c->deferred = NULL;
+    req_try_finish(r);
+}
+
+static void on_error_sent(struct gw_conn *c)
+{
+    if (c->req)
+        req_try_finish(c->req);
+}
+
+static void send_out(struct gw_conn *c)
+{
+    c->iov[0].iov_base = gw_buf_head(&c->out);
+    c->iov[0].iov_len = c->out.len;
+    c_send(c, 1, on_error_sent);
+}
+
+/* Answers the request with a response of our own and ends it. The
+ * connection closes afterwards when close is set or the request's body was
+ * not consumed. */
+static void req_respond(struct gw_req *r, int status, bool close)
+{
+    struct gw_conn *c = r->c;
+    char body[64];
+
+    r->status = status;
+    r->resp_phase = GW_RESP_DONE;
+    r->client_close = r->client_close || close;
+    snprintf(body, sizeof(body), "%d %s\n", status, gw_http_reason(status));
+    gw_respond_build(c, status, r->client_close, NULL, body);
+    if (c->flags & GW_C_SEND_BUSY)
+        c->deferred = send_out;
+    else
+        send_out(c);
+}
+
+static void respond_noreq(struct gw_conn *c, int status)
+{
+    struct gw_req *r = req_new(c);
+    r->rid_len = 0;
+    make_request_id(c->w, r);
+    req_respond(r, status, true);
+}
+
+/* An upstream-side failure before the response started: answer status.
+ * After the response started, the client connection is cut instead, since
+ * its framing can no longer be trusted. */
+static void req_fail(struct gw_req *r, int status, enum gw_outcome outcome)
+{
+    struct gw_wctx *w = r->c->w;
+
+    if (r->server != NULL)
+        gw_stat_add(&w->stats->servers[r->cfgref->pools[r->server->index]->stats_slot]
+                         ->outcome[outcome],
+                    1);
+    if (r->resp_head_sent || r->pump_down_on) {
+        if (r->status == 0)
+            r->status = status;
+        conn_abort(r->c);
+        return;
+    }
+    req_drop_up(r, false);
+    /* The request body may be half read: the connection cannot be reused. */
+    req_respond(r, status, r->req_phase != GW_REQ_DONE);
+}
+
+static bool body_complete(const struct gw_req *r)
+{
+    return r->body_chunked ? r->chunk.done : r->body_left == 0;
+}
+
+/* Moves request body bytes from c->in into r->uout. Returns -1 for a bad
+ * chunked body, -2 for a body over max_body_bytes, else 0. */
+static int req_take_body(struct gw_req *r)
+{
+    struct gw_conn *c = r->c;
+    struct gw_buf *u = &r->uout;
+    size_t room, n;
+
+    if (body_complete(r) || c->in.len == 0)
+        return 0;
+    if (!r->uout_sending && !r->uout_keep)
+        gw_buf_compact(u);
+    room = u->cap - u->off - u->len;
+    n = c->in.len < room ? c->in.len : room;
+    if (r->body_chunked) {
+        ssize_t k = gw_chunked_scan(&r->chunk, gw_buf_head(&c->in), n);
+        if (k < 0)
+            return -1;
+        n = (size_t)k;
+        r->body_seen += n;
+        if (r->body_seen > r->cfgref->cfg->limits.max_body_bytes + 1024)
+            return -2;
+    } else if (n > r->body_left) {
+        n = (size_t)r->body_left;
+    }
+    memcpy(u->data + u->off + u->len, gw_buf_head(&c->in), n);
+    u->len += n;
+    gw_buf_consume(&c->in, n);
+    if (!r->body_chunked)
+        r->body_left -= n;
+    return 0;
+}
+
+static void on_pump_down_done(struct gw_pump *p, int err)
+{
+    struct gw_req *r = container_of(p, struct gw_req, pump_down);
+
+    r->pump_down_on = false;
+    if (r->aborting) {
+        if (r->up != NULL && !r->pump_up_on)
+            req_drop_up(r, false);
+        req_try_finish(r);
+        return;
+    }
+    if (err != 0) {
+        /* Either side broke mid-body: nothing sensible can be answered if
+         * the client is gone; otherwise the upstream failed. */
+        req_fail(r, 502, GW_OUTCOME_RESET);
+        return;
+    }
+    r->body_left = 0;
+    r->req_phase = GW_REQ_DONE;
+    r->c->flags &= ~GW_C_HOLD_RECV;
+    arm_recv(r->c);
+    req_try_finish(r);
+}
+
+/* Drives the request side: sends what uout holds, refills it from c->in,
+ * and switches a large remaining body to splice. */
+static void req_advance_up(struct gw_req *r)
+{
+    struct gw_conn *c = r->c;
+    size_t pending;
+    int ret;
+
+    if (r->up == NULL || !r->up_ready || r->uout_sending || r->aborting ||
+        r->req_phase != GW_REQ_SEND)
+        goto recv;
+    ret = req_take_body(r);
+    if (ret == -1) {
+        req_fail(r, 400, GW_OUTCOME_COUNT);
+        return;
+    }
+    if (ret == -2) {
+        req_fail(r, 413, GW_OUTCOME_COUNT);
+        return;
+    }
+    pending = r->uout_keep ? r->uout.len - r->uout_sent : r->uout.len;
+    if (pending > 0) {
+        const char *p = gw_buf_head(&r->uout) + (r->uout_keep ? r->uout_sent : 0);
+        r->uout_sending = true;
+        gw_upconn_send(r->up, p, pending);
+        goto recv;
+    }
+    if (body_complete(r)) {
+        r->req_phase = GW_REQ_DONE;
+        goto recv;
+    }
+    if (!r->body_chunked && r->body_left >= GW_SPLICE_MIN_BYTES) {
+        c->flags |= GW_C_HOLD_RECV;
+        stop_recv(c);
+        if (c->flags & GW_C_RECV_ARMED)
+            return; /* on_recv comes back here when the recv has stopped */
+        if (c->in.len > 0)
+            return;
+        if (gw_pump_start(&r->pump_down, c->w, c->fd, r->up->fd, r->body_left,
+                          on_pump_down_done) == 0) {
+            r->pump_down_on = true;
+            r->req_phase = GW_REQ_BODY_SPLICE;
+            return;
+        }
+        c->flags &= ~GW_C_HOLD_RECV; /* no pipe to be had: copy instead */
+    }
+recv:
+    if (!(c->flags & GW_C_HOLD_RECV))
+        arm_recv(c);
+}
+
+static void retry_fresh(struct gw_req *r)
+{
+    struct gw_wctx *w = r->c->w;
+
+    r->req_phase = GW_REQ_SEND; /* the whole request is in uout: send it again */
+    gw_stat_add(&w->stats->servers[r->cfgref->pools[r->server->index]->stats_slot]->stale_retry,
+                1);
+    req_drop_up(r, false);
+    r->attempts++;
+    r->up_ready = false;
+    r->up_recv_started = false;
+    r->uout_sent = 0;
+    gw_upstream_acquire(r, true);
+}
+
+/* A pooled connection the server had closed fails on first use. The
+ * request is sent again on a new connection once, if it was sent whole
+ * and nothing of a response arrived. */
+static bool can_retry_stale(const struct gw_req *r)
+{
+    return r->up != NULL && r->up->reused && r->uout_keep && r->attempts == 0 &&
+           r->resp_phase == GW_RESP_WAIT && r->up->in.len == 0;
+}
+
+void gw_req_up_ready(struct gw_req *r, int err)
+{
+    if (err != 0) {
+        r->up = NULL;
+        if (err == -ETIMEDOUT)
+            req_fail(r, 504, GW_OUTCOME_CONNECT_TIMEOUT);
+        else
+            req_fail(r, 502, GW_OUTCOME_CONNECT_ERROR);
+        return;
+    }
+    r->up_ready = true;
+    req_advance_up(r);
+}
+
+static void on_defer(struct gw_op *op, int res, unsigned flags)
+{
+    struct gw_req *r = container_of(op, struct gw_req, defer_op);
+    struct gw_conn *c = r->c;
+    (void)res;
+    (void)flags;
+    c->refs--;
+    if (c->flags & GW_C_CLOSING) {
+        conn_closing_progress(c);
+        return;
+    }
+    gw_req_up_ready(r, r->defer_err);
+}
+
+void gw_req_defer_error(struct gw_req *r, int err)
+{
+    struct io_uring_sqe *sqe = gw_ring_sqe(&r->c->w->ring);
+    r->defer_err = err;
+    r->defer_op.cb = on_defer;
+    io_uring_prep_nop(sqe);
+    gw_sqe_op(sqe, &r->defer_op);
+    r->c->refs++;
+}
+
+void gw_req_up_sent(struct gw_req *r, int res)
+{
+    r->uout_sending = false;
+    if (r->aborting) {
+        req_try_finish(r);
+        return;
+    }
+    if (res < 0) {
+        if (can_retry_stale(r))
+            retry_fresh(r);
+        else
+            req_fail(r, 502, GW_OUTCOME_RESET);
+        return;
+    }
+    if (r->uout_keep)
+        r->uout_sent += (size_t)res;
+    else
+        gw_buf_consume(&r->uout, (size_t)res);
+    if (r->resp_phase == GW_RESP_TUNNEL) {
+        tunnel_continue(r);
+        return;
+    }
+    if (!r->up_recv_started) {
+        r->up_recv_started = true;
+        gw_upconn_recv(r->up);
+    }
+    if (r->resp_phase == GW_RESP_DONE) {
+        req_try_finish(r);
+        return;
+    }
+    req_advance_up(r);
+}
+
+/* ---- response ----------------------------------------------------------- */
+
+/* How many bytes at the head of up->in belong to the response body and
+ * can go to the client now. -1: bad chunked framing from the upstream. */
+static ssize_t resp_take(struct gw_req *r)
+{
+    struct gw_buf *in = &r->up->in;
+
+    if (r->resp_until_close)
+        return (ssize_t)in->len;
+    if (r->resp_chunked) {
+        ssize_t k = gw_chunked_scan(&r->rchunk, gw_buf_head(in), in->len);
+        if (k >= 0 && r->rchunk.done && (size_t)k < in->len)
+            r->up_reusable = false; /* bytes after the body: don't trust it */
+        return k;
+    }
+    if (in->len > r->resp_left) {
+        r->up_reusable = false;
+        return (ssize_t)r->resp_left;
+    }
+    return (ssize_t)in->len;
+}
+
+static bool resp_body_done(const struct gw_req *r)
+{
+    if (r->resp_until_close)
+        return false;
+    if (r->resp_chunked)
+        return r->rchunk.done;
+    return r->resp_left == 0;
+}
+
+static void resp_complete(struct gw_req *r)
+{
+    struct gw_conn *c = r->c;
+
+    r->resp_phase = GW_RESP_DONE;
+    if (r->req_phase != GW_REQ_DONE) {
+        /* The upstream answered before it had the whole request body: the
+         * rest can't be skipped reliably, so neither connection is reused. */
+        r->up_reusable = false;
+        r->client_close = true;
+        if (r->pump_down_on)
+            gw_pump_stop(&r->pump_down);
+    }
+    (void)c;
+    req_try_finish(r);
+}
+
+static void on_pump_up_done(struct gw_pump *p, int err)
+{
+    struct gw_req *r = container_of(p, struct gw_req, pump_up);
+
+    r->pump_up_on = false;
+    if (r->aborting) {
+        if (r->up != NULL && !r->pump_down_on)
+            req_drop_up(r, false);
+        req_try_finish(r);
+        return;
+    }
+    if (err != 0) {
+        gw_stat_add(&r->c->w->stats->servers[r->cfgref->pools[r->server->index]->stats_slot]
+                         ->outcome[GW_OUTCOME_RESET],
+                    1);
+        conn_abort(r->c);
+        return;
+    }
+    r->resp_left = 0;
+    resp_complete(r);
+}
+
+static void on_resp_sent(struct gw_conn *c)
+{
+    struct gw_req *r = c->req;
+    struct gw_upconn *u = r->up;
+
+    gw_buf_consume(&u->in, r->resp_pending);
+    r->resp_pending = 0;
+    if (r->aborting) {
+        req_try_finish(r);
+        return;
+    }
+    if (resp_body_done(r)) {
+        resp_complete(r);
+        return;
+    }
+    if (!r->resp_chunked && !r->resp_until_close && u->in.len == 0 &&
+        r->resp_left >= GW_SPLICE_MIN_BYTES) {
+        if (gw_pump_start(&r->pump_up, c->w, u->fd, c->fd, r->resp_left, on_pump_up_done) ==
+            0) {
+            r->pump_up_on = true;
+            r->resp_phase = GW_RESP_SPLICE;
+            return;
+        }
+    }
+    gw_upconn_recv(u);
+}
+
+static void resp_send(struct gw_conn *c)
+{
+    struct gw_req *r = c->req;
+    struct gw_buf *in = &r->up->in;
+    int n = 0;
+
+    if (c->out.len > 0 && !r->resp_head_sent) {
+        c->iov[n].iov_base = gw_buf_head(&c->out);
+        c->iov[n++].iov_len = c->out.len;
+        r->resp_head_sent = true;
+        c->out.len = 0;
+    }
+    if (r->resp_pending > 0) {
+        c->iov[n].iov_base = gw_buf_head(in);
+        c->iov[n++].iov_len = r->resp_pending;
+    }
+    if (n == 0) {
+        on_resp_sent(c);
+        return;
+    }
+    c_send(c, n, on_resp_sent);
+}
+
+static void tunnel_start_sent(struct gw_conn *c);
+
+/* Relays body bytes that just arrived from the upstream. */
+static void resp_body_data(struct gw_req *r)
+{
+    ssize_t k = resp_take(r);
+
+    if (k < 0) {
+        gw_stat_add(&r->c->w->stats->servers[r->cfgref->pools[r->server->index]->stats_slot]
+                         ->outcome[GW_OUTCOME_BAD_RESPONSE],
+                    1);
+        conn_abort(r->c);
+        return;
+    }
+    if (!r->resp_chunked && !r->resp_until_close)
+        r->resp_left -= (uint64_t)k;
+    r->resp_pending = (size_t)k;
+    if (r->c->flags & GW_C_SEND_BUSY)
+        r->c->deferred = resp_send;
+    else
+        resp_send(r->c);
+}
+
+static void resp_start(struct gw_req *r, size_t head_len)
+{
+    struct gw_conn *c = r->c;
+    struct gw_wctx *w = c->w;
+    const struct gw_response *q = &w->presp;
+    ssize_t n;
+
+    r->status = q->status;
+    r->uout_keep = false;
+    r->resp_phase = GW_RESP_BODY;
+    gw_stat_add(&w->stats->servers[r->cfgref->pools[r->server->index]->stats_slot]
+                     ->outcome[GW_OUTCOME_SUCCESS],
+                1);
+    r->resp_chunked = (q->flags & GW_MSG_CHUNKED) != 0;
+    r->resp_until_close = (q->flags & GW_MSG_UNTIL_CLOSE) != 0;
+    r->resp_left = (q->flags & GW_MSG_HAS_BODY) && q->content_length > 0
+                       ? (uint64_t)q->content_length
+                       : 0;
+    gw_chunked_init(&r->rchunk);
+    r->up_reusable = (q->flags & GW_MSG_KEEPALIVE) && !r->resp_until_close;
+    if (!(r->req_flags & GW_MSG_KEEPALIVE) || (c->flags & GW_C_PEER_EOF) || w->draining ||
+        r->resp_until_close || r->req_phase != GW_REQ_DONE || q->status == 101)
+        r->client_close = true;
+
+    gw_bufpool_get(&w->out_pool, &c->out);
+    n = gw_http_write_response_head(c->out.data, c->out.cap, q, gw_slice(r->rid, r->rid_len),
+                                    r->client_close && q->status != 101, r->client_minor);
+    gw_buf_consume(&r->up->in, head_len);
+    if (n < 0) {
+        r->resp_phase = GW_RESP_WAIT;
+        req_fail(r, 502, GW_OUTCOME_BAD_RESPONSE);
+        return;
+    }
+    c->out.off = 0;
+    c->out.len = (size_t)n;
+
+    if (q->status == 101) {
+        /* The head goes out alone; whatever the upstream sent after it is
+         * tunnel data and follows. */
+        r->resp_phase = GW_RESP_TUNNEL;
+        r->up_reusable = false;
+        gw_timer_cancel(&w->timers, &r->deadline);
+        r->resp_pending = r->up->in.len;
+        if (c->flags & GW_C_SEND_BUSY) {
+            c->deferred = tunnel_start_sent;
+            return;
+        }
+        c->iov[0].iov_base = gw_buf_head(&c->out);
+        c->iov[0].iov_len = c->out.len;
+        c->iov[1].iov_base = gw_buf_head(&r->up->in);
+        c->iov[1].iov_len = r->resp_pending;
+        r->resp_head_sent = true;
+        c_send(c, r->resp_pending ? 2 : 1, tunnel_start_sent);
+        return;
+    }
+    if (!(q->flags & GW_MSG_HAS_BODY)) {
+        r->resp_pending = 0;
+        r->resp_left = 0;
+        if (c->flags & GW_C_SEND_BUSY)
+            c->deferred = resp_send;
+        else
+            resp_send(c);
+        return;
+    }
+    resp_body_data(r);
+}
+
+void gw_req_up_data(struct gw_req *r, int res)
+{
+    struct gw_wctx *w = r->c->w;
+    struct gw_upconn *u = r->up;
+
+    if (r->aborting) {
+        req_try_finish(r);
+        return;
+    }
+    if (res <= 0) {
+        if (r->resp_phase == GW_RESP_WAIT) {
+            if (can_retry_stale(r)) {
+                retry_fresh(r);
+                return;
+            }
+            req_fail(r, 502, u->in.len ? GW_OUTCOME_BAD_RESPONSE : GW_OUTCOME_RESET);
+            return;
+        }
+        if (res == 0 && r->resp_until_close) {
+            r->up_reusable = false;
+            resp_complete(r);
+            return;
+        }
+        /* Closed or reset in the middle of the body: the client sees the
+         * connection close before the announced length, which is how a
+         * proxy says "truncated" in HTTP/1.1. */
+        gw_stat_add(&w->stats->servers[r->cfgref->pools[r->server->index]->stats_slot]
+                         ->outcome[GW_OUTCOME_RESET],
+                    1);
+        conn_abort(r->c);
+        return;
+    }
+    if (r->resp_phase != GW_RESP_WAIT) {
+        resp_body_data(r);
+        return;
+    }
+    for (;;) {
+        int rc = gw_http_parse_response(gw_buf_head(&u->in), u->in.len,
+                                        r->cfgref->cfg->limits.max_header_bytes, r->method,
+                                        &w->presp);
+        if (rc == -2) {
+            if (u->in.len >= u->in.cap) {
+                req_fail(r, 502, GW_OUTCOME_BAD_RESPONSE);
+                return;
+            }
+            gw_upconn_recv(u);
+            return;
+        }
+        if (rc < 0 || (w->presp.status == 101 && !(r->req_flags & GW_MSG_UPGRADE))) {
+            req_fail(r, 502, GW_OUTCOME_BAD_RESPONSE);
+            return;
+        }
+        if (w->presp.status >= 100 && w->presp.status < 200 && w->presp.status != 101) {
+            /* Interim responses (100 Continue, 103) are not relayed: the
+             * client got our own 100 Continue when it asked for one. */
+            gw_buf_consume(&u->in, (size_t)rc);
+            if (u->in.len == 0) {
+                gw_upconn_recv(u);
+                return;
+            }
+            continue;
+        }
+        resp_start(r, (size_t)rc);
+        return;
+    }
+}
+
+/* ---- upgrade tunnels ---------------------------------------------------- */
+
+static void tunnel_pump_done(struct gw_req *r, bool down, int err)
+{
+    if (down)
+        r->pump_down_on = false;
+    else
+        r->pump_up_on = false;
+    r->tunnel_open--;
+    if (err != 0 || r->aborting) {
+        r->aborting = true;
+        if (r->pump_up_on)
+            gw_pump_stop(&r->pump_up);
+        if (r->pump_down_on)
+            gw_pump_stop(&r->pump_down);
+    } else if (r->up != NULL) {
+        /* Pass the half-close on so the other side sees EOF too. */
+        shutdown(down ? r->up->fd : r->c->fd, SHUT_WR);
+    }
+    if (r->tunnel_open == 0) {
+        if (r->up != NULL)
+            req_drop_up(r, false);
+        r->client_close = true;
+        r->resp_phase = GW_RESP_DONE;
+        r->req_phase = GW_REQ_DONE;
+        req_try_finish(r);
+    }
+}
+
+static void on_tunnel_up_done(struct gw_pump *p, int err)
+{
+    tunnel_pump_done(container_of(p, struct gw_req, pump_up), false, err);
+}
+
+static void on_tunnel_down_done(struct gw_pump *p, int err)
+{
+    tunnel_pump_done(container_of(p, struct gw_req, pump_down), true, err);
+}
+
+static void tunnel_continue(struct gw_req *r)
+{
+    struct gw_conn *c = r->c;
+
+    if (r->aborting || r->tunnel_open > 0 || r->uout_sending)
+        return;
+    if (c->flags & GW_C_RECV_ARMED) {
+        stop_recv(c);
+        return; /* on_recv calls back when it has stopped */
+    }
+    if (r->uout.len > 0) {
+        r->uout_sending = true;
+        gw_upconn_send(r->up, gw_buf_head(&r->uout), r->uout.len);
+        return;
+    }
+    if (c->in.len > 0) {
+        /* Bytes the client sent after its upgrade request go first. */
+        size_t n = c->in.len < r->uout.cap ? c->in.len : r->uout.cap;
+        r->uout.off = 0;
+        r->uout.len = n;
+        memcpy(r->uout.data, gw_buf_head(&c->in), n);
+        gw_buf_consume(&c->in, n);
+        r->uout_sending = true;
+        gw_upconn_send(r->up, r->uout.data, n);
+        return;
+    }
+    if (gw_pump_start(&r->pump_up, c->w, r->up->fd, c->fd, UINT64_MAX, on_tunnel_up_done) !=
+        0) {
+        conn_abort(c);
+        return;
+    }
+    r->pump_up_on = true;
+    r->tunnel_open = 1;
+    if (gw_pump_start(&r->pump_down, c->w, c->fd, r->up->fd, UINT64_MAX,
+                      on_tunnel_down_done) != 0) {
+        conn_abort(c);
+        return;
+    }
+    r->pump_down_on = true;
+    r->tunnel_open = 2;
+}
+
+static void tunnel_start_sent(struct gw_conn *c)
+{
+    struct gw_req *r = c->req;
+
+    if (!r->resp_head_sent) {
+        c->iov[0].iov_base = gw_buf_head(&c->out);
+        c->iov[0].iov_len = c->out.len;
+        c->iov[1].iov_base = gw_buf_head(&r->up->in);
+        c->iov[1].iov_len = r->resp_pending;
+        r->resp_head_sent = true;
+        c_send(c, r->resp_pending ? 2 : 1, tunnel_start_sent);
+        return;
+    }
+    gw_buf_consume(&r->up->in, r->resp_pending);
+    r->resp_pending = 0;
+    c->flags |= GW_C_HOLD_RECV;
+    tunnel_continue(r);
+}
+
+/* ---- request start ------------------------------------------------------ */
+
+static void req_start(struct gw_conn *c, size_t head_len)
+{
+    struct gw_wctx *w = c->w;
+    const struct gw_request *q = &w->preq;
+    const struct gw_config *cfg = w->cur->cfg;
+    struct gw_req *r;
+    struct gw_fwd_info fi;
+    ssize_t n;
+
+    gw_timer_cancel(&w->timers, &c->timer);
+    r = req_new(c);
+    copy_request_facts(r, q);
+
+    r->route = gw_router_match(cfg, q->host, q->path, q->method_str);
+    if (r->route == NULL) {
+        gw_buf_consume(&c->in, head_len);
+        req_respond(r, 404, (q->flags & GW_MSG_HAS_BODY) != 0);
+        return;
+    }
+    r->route_slot = r->route->metrics_slot;
+    if (q->content_length > 0 && (uint64_t)q->content_length > cfg->limits.max_body_bytes) {
+        gw_buf_consume(&c->in, head_len);
+        req_respond(r, 413, true);
+        return;
+    }
+    r->body_chunked = (q->flags & GW_MSG_CHUNKED) != 0;
+    r->body_left = q->content_length > 0 ? (uint64_t)q->content_length : 0;
+    gw_chunked_init(&r->chunk);
+
+    gw_bufpool_get(&w->in_pool, &r->uout);
+    fi.client_addr = gw_slice(c->peer, c->peer_len);
+    fi.proto = GW_SLICE_LIT("http");
+    fi.request_id = gw_slice(r->rid, r->rid_len);
+    fi.request_id_present = gw_http_find_header(q->headers, q->nheaders, "x-request-id") != NULL;
+    n = gw_http_write_request_head(r->uout.data, r->uout.cap, q, &fi);
+    gw_buf_consume(&c->in, head_len);
+    if (n < 0) {
+        req_respond(r, 431, true);
+        return;
+    }
+    r->uout.len = (size_t)n;
+    gw_timer_set(&w->timers, &r->deadline, gw_now_ms + r->route->timeout_ms);
+
+    /* Body bytes that came with the head travel in the same send. If the
+     * whole request fits, keep it for one retry on a fresh connection. */
+    if (!(q->flags & GW_MSG_UPGRADE)) {
+        int ret = req_take_body(r);
+        if (ret == -1) {
+            req_respond(r, 400, true);
+            return;
+        }
+        if (ret == -2) {
+            req_respond(r, 413, true);
+            return;
+        }
+    }
+    r->uout_keep = body_complete(r);
+    if ((q->flags & GW_MSG_EXPECT_CONTINUE) && !body_complete(r) && c->in.len == 0 &&
+        r->client_minor == 1) {
+        c->iov[0].iov_base = (void *)continue_100;
+        c->iov[0].iov_len = sizeof(continue_100) - 1;
+        c_send(c, 1, NULL);
+    }
+    gw_upstream_acquire(r, false);
+}
+
+/* No request in progress: parse the next head from c->in, or wait. */
+static void conn_process(struct gw_conn *c)
+{
+    struct gw_wctx *w = c->w;
+    const struct gw_config *cfg;
+    int rc;
+
+    if (c->req != NULL || (c->flags & GW_C_CLOSING))
+        return;
+    if (c->in.len == 0) {
+        /* Idle: give the input buffer back until bytes come. */
+        if (!(c->flags & GW_C_IN_HEAD))
+            gw_bufpool_put(&w->in_pool, &c->in);
+        if (c->flags & GW_C_PEER_EOF) {
+            conn_close(c);
+            return;
+        }
+        arm_recv(c);
+        return;
+    }
+    cfg = w->cur->cfg;
+    if (!(c->flags & GW_C_IN_HEAD)) {
+        c->flags |= GW_C_IN_HEAD;
+        set_conn_timer(c, cfg->limits.header_timeout_ms);
+    }
+    if (w->draining && c->requests > 0) {
+        conn_close(c);
+        return;
+    }
+    rc = gw_http_parse_request(gw_buf_head(&c->in), c->in.len, cfg->limits.max_header_bytes,
+                               &w->preq);
+    if (rc == -2) {
+        if (c->flags & GW_C_PEER_EOF)
+            conn_close(c);
+        else
+            arm_recv(c);
+        return;
+    }
+    if (rc < 0) {
+        gw_timer_cancel(&w->timers, &c->timer);
+        respond_noreq(c, w->preq.error_status ? w->preq.error_status : 400);
+        return;
+    }
+    req_start(c, (size_t)rc);
+}
+
+/* ---- connection life ---------------------------------------------------- */
+
+/* Closes gracefully: nothing new is read; what is in flight completes or
+ * is cancelled; the socket closes after the last CQE. */
+static void conn_close(struct gw_conn *c)
+{
+    struct io_uring_sqe *sqe;
+
+    if (c->flags & GW_C_CLOSING)
+        return;
+    c->flags |= GW_C_CLOSING;
+    gw_timer_cancel(&c->w->timers, &c->timer);
+    if (c->req != NULL)
+        req_abort(c->req);
+    if (c->flags & GW_C_RECV_ARMED) {
+        sqe = gw_ring_sqe(&c->w->ring);
+        io_uring_prep_cancel(sqe, &c->recv_op, 0);
+        gw_sqe_op(sqe, NULL);
+    }
+    conn_free_if_done(c);
+}
+
+/* Closes at once, cancelling sends too (a reset-like end for a client whose
+ * response can't be completed). */
+static void conn_abort(struct gw_conn *c)
+{
+    struct io_uring_sqe *sqe;
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+
+    if (c->flags & GW_C_CLOSING) {
+        if (c->req != NULL)
+            req_abort(c->req);
+        return;
+    }
+    if (c->req != NULL && c->req->resp_head_sent)
+        /* The client got part of a response: a reset tells it the rest is
+         * not coming, where a FIN could pass for a complete close-delimited
+         * body. */
+        setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    c->flags |= GW_C_CLOSING;
+    c->deferred = NULL;
+    gw_timer_cancel(&c->w->timers, &c->timer);
+    if (c->req != NULL)
+        req_abort(c->req);
+    if (c->refs > 0) {
+        sqe = gw_ring_sqe(&c->w->ring);
+        io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL);
+        gw_sqe_op(sqe, NULL);
+    }
+    conn_free_if_done(c);
+}
+
+/* A closing connection moves on when one of its ops completes: first its
+ * request, if any, then the connection itself. */
+static void conn_closing_progress(struct gw_conn *c)
+{
+    if (c->req != NULL)
+        req_try_finish(c->req);
+    else
+        conn_free_if_done(c);
+}
+
+void gw_conn_accepted(struct gw_wctx *w, int fd)
+{
+    struct gw_conn *c;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+
+    if (w->nconns >= w->max_conns || w->draining) {
+        gw_stat_add(&w->stats->rejected_conns, 1);
+        close(fd);
+        return;
+    }
+    c = w->free_conns;
+    if (c)
+        w->free_conns = c->next;
+    else
+        c = gw_xmalloc(sizeof(*c));
+    memset(c, 0, sizeof(*c));
+    c->w = w;
+    c->fd = fd;
+    c->recv_op.cb = on_recv;
+    c->send_op.cb = on_send;
+    gw_timer_init(&c->timer, on_conn_timer);
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+    gw_stat_add(&w->stats->accepted, 1);
+    gw_stat_gauge_add(&w->stats->active, 1);
+
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        char host[INET6_ADDRSTRLEN] = "";
+        if (ss.ss_family == AF_INET)
+            inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, host, sizeof(host));
+        else if (ss.ss_family == AF_INET6)
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, host, sizeof(host));
+        c->peer_len = (unsigned)strlen(host);
+        memcpy(c->peer, host, c->peer_len);
+    }
+    /* The first request gets the header timeout from the moment of accept,
+     * so a client that connects and says nothing is dropped in time. */
+    set_conn_timer(c, w->cur->cfg->limits.header_timeout_ms);
+    arm_recv(c);
+}
+
+void gw_conns_drain(struct gw_wctx *w)
+{
+    struct gw_conn *c, *next;
+
+    for (c = w->conns; c; c = next) {
+        next = c->next;
+        if (c->req == NULL && !(c->flags & GW_C_IN_HEAD))
+            conn_close(c);
+    }
+}

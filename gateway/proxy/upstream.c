@@ -1,0 +1,313 @@
+/* Owns upstream connections: server choice, connect with a deadline,
+ * keep-alive pools (idle connections are watched with a poll so that one
+ * the server closed is dropped before it is handed out), and the single
+ * send / recv ops of a connection in use. */
+#include "proxy/ctx.h"
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/mem.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
+
+enum {
+    UP_CONNECTING = 1 << 0,
+    UP_IDLE = 1 << 1,
+    UP_CLOSING = 1 << 2,
+    UP_REUSED = 1 << 3,
+};
+
+static void upconn_close(struct gw_upconn *u);
+
+static void upconn_free_if_done(struct gw_upconn *u)
+{
+    struct gw_wctx *w = u->w;
+    if (!(u->flags & UP_CLOSING) || u->refs > 0)
+        return;
+    gw_timer_cancel(&w->timers, &u->idle_timer);
+    close(u->fd);
+    gw_bufpool_put(&w->out_pool, &u->in);
+    u->next = w->free_upconns;
+    w->free_upconns = u;
+}
+
+static void idle_remove(struct gw_upconn *u)
+{
+    struct gw_pool *p = u->pool;
+    struct gw_upconn **pp;
+    for (pp = &p->idle; *pp; pp = &(*pp)->next) {
+        if (*pp == u) {
+            *pp = u->next;
+            p->nidle--;
+            break;
+        }
+    }
+    u->next = NULL;
+    u->flags &= ~UP_IDLE;
+}
+
+/* Closing: cancel whatever is in flight on the socket, then close and
+ * recycle when the last CQE is in. */
+static void upconn_close(struct gw_upconn *u)
+{
+    struct io_uring_sqe *sqe;
+
+    if (u->flags & UP_CLOSING)
+        return;
+    if (u->flags & UP_IDLE)
+        idle_remove(u);
+    else if (u->req != NULL || (u->flags & UP_CONNECTING))
+        u->pool->active--;
+    u->flags |= UP_CLOSING;
+    u->req = NULL;
+    if (u->refs > 0) {
+        sqe = gw_ring_sqe(&u->w->ring);
+        io_uring_prep_cancel_fd(sqe, u->fd, IORING_ASYNC_CANCEL_ALL);
+        gw_sqe_op(sqe, NULL);
+    }
+    upconn_free_if_done(u);
+}
+
+static void on_idle_timeout(struct gw_timer *t)
+{
+    struct gw_upconn *u = container_of(t, struct gw_upconn, idle_timer);
+    upconn_close(u);
+}
+
+static void on_idle_poll(struct gw_op *op, int res, unsigned flags)
+{
+    struct gw_upconn *u = container_of(op, struct gw_upconn, poll_op);
+    (void)flags;
+    u->refs--;
+    /* Readable while idle means the server closed it or sent bytes nobody
+     * asked for: either way it cannot carry the next request. A cancelled
+     * poll belongs to a connection that was taken for a request. */
+    if ((u->flags & UP_IDLE) && res != -ECANCELED)
+        upconn_close(u);
+    upconn_free_if_done(u);
+}
+
+static void on_connect(struct gw_op *op, int res, unsigned flags)
+{
+    struct gw_upconn *u = container_of(op, struct gw_upconn, connect_op);
+    struct gw_req *r = u->req;
+    (void)flags;
+    u->refs--;
+    u->flags &= ~UP_CONNECTING;
+    if (u->flags & UP_CLOSING) {
+        upconn_free_if_done(u);
+        return;
+    }
+    if (res < 0) {
+        /* -ECANCELED here is the linked timeout firing. */
+        int err = res == -ECANCELED ? -ETIMEDOUT : res;
+        upconn_close(u);
+        gw_req_up_ready(r, err);
+        return;
+    }
+    gw_req_up_ready(r, 0);
+}
+
+static void on_send(struct gw_op *op, int res, unsigned flags)
+{
+    struct gw_upconn *u = container_of(op, struct gw_upconn, send_op);
+    (void)flags;
+    u->refs--;
+    if ((u->flags & UP_CLOSING) || u->req == NULL) {
+        upconn_free_if_done(u);
+        return;
+    }
+    gw_req_up_sent(u->req, res);
+}
+
+static void on_recv(struct gw_op *op, int res, unsigned flags)
+{
+    struct gw_upconn *u = container_of(op, struct gw_upconn, recv_op);
+    (void)flags;
+    u->refs--;
+    if ((u->flags & UP_CLOSING) || u->req == NULL) {
+        upconn_free_if_done(u);
+        return;
+    }
+    if (res > 0)
+        u->in.len += (size_t)res;
+    gw_req_up_data(u->req, res);
+}
+
+void gw_upconn_send(struct gw_upconn *u, const char *p, size_t n)
+{
+    struct io_uring_sqe *sqe = gw_ring_sqe(&u->w->ring);
+    io_uring_prep_send(sqe, u->fd, p, n, MSG_NOSIGNAL);
+    gw_sqe_op(sqe, &u->send_op);
+    u->refs++;
+}
+
+void gw_upconn_recv(struct gw_upconn *u)
+{
+    struct io_uring_sqe *sqe = gw_ring_sqe(&u->w->ring);
+    gw_buf_compact(&u->in);
+    io_uring_prep_recv(sqe, u->fd, u->in.data + u->in.len, u->in.cap - u->in.len, 0);
+    gw_sqe_op(sqe, &u->recv_op);
+    u->refs++;
+}
+
+static struct gw_upconn *upconn_new(struct gw_wctx *w, struct gw_pool *p)
+{
+    struct gw_upconn *u = w->free_upconns;
+    if (u)
+        w->free_upconns = u->next;
+    else
+        u = gw_xmalloc(sizeof(*u));
+    memset(u, 0, sizeof(*u));
+    u->w = w;
+    u->pool = p;
+    u->fd = -1;
+    u->connect_op.cb = on_connect;
+    u->send_op.cb = on_send;
+    u->recv_op.cb = on_recv;
+    u->poll_op.cb = on_idle_poll;
+    gw_timer_init(&u->idle_timer, on_idle_timeout);
+    return u;
+}
+
+static const struct gw_server *pick_server(struct gw_req *r)
+{
+    const struct gw_upstream *up = r->route->upstream;
+    struct gw_cfgref *ref = r->cfgref;
+    unsigned start = ref->rr[up->index]++;
+
+    if (up->nservers == 1)
+        return up->servers[0];
+    if (up->balance == GW_BALANCE_LEAST_CONN) {
+        const struct gw_server *best = NULL;
+        unsigned best_load = ~0u;
+        for (size_t i = 0; i < up->nservers; i++) {
+            const struct gw_server *s = up->servers[(start + i) % up->nservers];
+            unsigned load = ref->pools[s->index]->active;
+            if (load < best_load) {
+                best = s;
+                best_load = load;
+            }
+        }
+        return best;
+    }
+    return up->servers[start % up->nservers];
+}
+
+void gw_upstream_acquire(struct gw_req *r, bool fresh)
+{
+    struct gw_wctx *w = r->c->w;
+    struct gw_pool *p;
+    struct gw_upconn *u;
+    struct io_uring_sqe *sqe;
+    struct gw_server_stats *ss;
+    unsigned timeout_ms;
+    int fd, one = 1;
+
+    if (!fresh || r->server == NULL)
+        r->server = pick_server(r);
+    p = r->cfgref->pools[r->server->index];
+    ss = w->stats->servers[p->stats_slot];
+
+    if (!fresh && p->idle != NULL) {
+        u = p->idle;
+        idle_remove(u);
+        gw_timer_cancel(&w->timers, &u->idle_timer);
+        sqe = gw_ring_sqe(&w->ring);
+        io_uring_prep_poll_remove(sqe, (__u64)(uintptr_t)&u->poll_op);
+        gw_sqe_op(sqe, NULL);
+        u->flags |= UP_REUSED;
+        u->reused = true;
+        u->req = r;
+        p->active++;
+        r->up = u;
+        gw_stat_add(&ss->reused, 1);
+        /* Ready now, but the callback must not run before we return: the
+         * caller continues after this call. The connect op slot is free on
+         * an established connection, so post a no-op through it. */
+        sqe = gw_ring_sqe(&w->ring);
+        io_uring_prep_nop(sqe);
+        gw_sqe_op(sqe, &u->connect_op);
+        u->refs++;
+        u->flags |= UP_CONNECTING;
+        return;
+    }
+
+    fd = socket(p->addr.sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        int err = -errno;
+        gw_log_error("socket for upstream %s: %s", p->addr.text, strerror(-err));
+        gw_req_defer_error(r, err);
+        return;
+    }
+    u = upconn_new(w, p);
+    u->req = r;
+    r->up = u;
+    p->active++;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    u->fd = fd;
+    gw_bufpool_get(&w->out_pool, &u->in);
+    gw_stat_add(&ss->connects, 1);
+
+    timeout_ms = r->route->upstream->connect_timeout_ms;
+    u->connect_ts.tv_sec = timeout_ms / 1000;
+    u->connect_ts.tv_nsec = (long long)(timeout_ms % 1000) * 1000000;
+    sqe = gw_ring_sqe(&w->ring);
+    io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&p->addr.sa, p->addr.len);
+    gw_sqe_op(sqe, &u->connect_op);
+    sqe->flags |= IOSQE_IO_LINK;
+    u->refs++;
+    u->flags |= UP_CONNECTING;
+    sqe = gw_ring_sqe(&w->ring);
+    io_uring_prep_link_timeout(sqe, &u->connect_ts, 0);
+    gw_sqe_op(sqe, NULL);
+}
+
+void gw_upstream_release(struct gw_req *r, bool reusable)
+{
+    struct gw_upconn *u = r->up;
+    struct gw_wctx *w;
+    struct gw_pool *p;
+    struct io_uring_sqe *sqe;
+
+    if (u == NULL)
+        return;
+    r->up = NULL;
+    w = u->w;
+    p = u->pool;
+    if (!reusable || u->refs > 0 || u->in.len > 0 || w->draining ||
+        p->nidle >= r->route->upstream->keepalive) {
+        upconn_close(u);
+        return;
+    }
+    u->req = NULL;
+    p->active--;
+    u->flags = UP_IDLE;
+    u->next = p->idle;
+    p->idle = u;
+    p->nidle++;
+    u->in.off = u->in.len = 0;
+    sqe = gw_ring_sqe(&w->ring);
+    io_uring_prep_poll_add(sqe, u->fd, POLLIN | POLLRDHUP);
+    gw_sqe_op(sqe, &u->poll_op);
+    u->refs++;
+    gw_timer_set(&w->timers, &u->idle_timer,
+                 gw_now_ms + r->cfgref->cfg->limits.idle_timeout_ms);
+}
+
+void gw_pools_close_idle(struct gw_wctx *w)
+{
+    for (struct gw_pool *p = w->pools; p; p = p->next)
+        while (p->idle)
+            upconn_close(p->idle);
+}

@@ -1,0 +1,417 @@
+/* Owns the worker threads: ring and buffer setup, listeners with multishot
+ * accept, the event loop, config switches and drain. */
+#include "worker.h"
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/mem.h"
+#include "core/metrics.h"
+#include "io/bufring.h"
+#include "io/ring.h"
+#include "io/timer.h"
+#include "proxy/ctx.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
+
+#define RING_ENTRIES 1024
+#define BUFRING_COUNT 1024
+#define BUFRING_SIZE (16 * 1024)
+#define LOOP_MAX_WAIT_MS 1000
+
+enum {
+    WS_STARTING = 0,
+    WS_RUNNING,
+    WS_FAILED,
+    WS_DONE,
+};
+
+struct listener {
+    struct gw_worker *wk;
+    int fd;
+    bool armed;
+    struct gw_op accept_op;
+};
+
+struct gw_worker {
+    struct gw_wctx ctx;
+    pthread_t thread;
+    int evfd;
+    uint64_t ev_val;
+    struct gw_op ev_op;
+    bool ev_armed;
+    struct listener *ls;
+    unsigned nls;
+    unsigned listeners_armed;
+    struct gw_config *start_cfg;
+    unsigned nworkers;
+    _Atomic int state;
+    _Atomic uint64_t seen_gen;
+    char err[512];
+};
+
+static struct gw_worker *workers;
+static unsigned nworkers;
+static _Atomic(struct gw_config *) published;
+static _Atomic uint64_t published_gen;
+static atomic_bool drain_flag, stop_flag;
+
+/* Snapshots replaced by a publish, freed when every worker has seen a
+ * newer generation (so none can still be taking a reference to them). */
+struct retired {
+    struct gw_config *cfg;
+    uint64_t until_gen;
+    struct retired *next;
+};
+static struct retired *retired;
+
+static void wake(struct gw_worker *wk)
+{
+    uint64_t one = 1;
+    ssize_t n = write(wk->evfd, &one, sizeof(one));
+    (void)n;
+}
+
+static void on_accept(struct gw_op *op, int res, unsigned flags)
+{
+    struct listener *l = container_of(op, struct listener, accept_op);
+    struct gw_worker *wk = l->wk;
+
+    if (!(flags & IORING_CQE_F_MORE)) {
+        l->armed = false;
+        wk->listeners_armed--;
+    }
+    if (res >= 0) {
+        gw_conn_accepted(&wk->ctx, res);
+    } else if (res != -ECANCELED && res != -EAGAIN && res != -ECONNABORTED) {
+        /* EMFILE / ENFILE / ENOMEM: the next accept may work once
+         * connections close; keep the loop alive and say so once. */
+        gw_log_error("worker %u: accept: %s", wk->ctx.id, strerror(-res));
+    }
+    if (!l->armed && l->fd >= 0 && !atomic_load(&drain_flag)) {
+        struct io_uring_sqe *sqe = gw_ring_sqe(&wk->ctx.ring);
+        io_uring_prep_multishot_accept(sqe, l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        gw_sqe_op(sqe, &l->accept_op);
+        l->armed = true;
+        wk->listeners_armed++;
+    }
+}
+
+static void on_event(struct gw_op *op, int res, unsigned flags)
+{
+    struct gw_worker *wk = container_of(op, struct gw_worker, ev_op);
+    (void)res;
+    (void)flags;
+    wk->ev_armed = false;
+}
+
+static void arm_event(struct gw_worker *wk)
+{
+    struct io_uring_sqe *sqe;
+    if (wk->ev_armed || atomic_load(&stop_flag))
+        return;
+    sqe = gw_ring_sqe(&wk->ctx.ring);
+    io_uring_prep_read(sqe, wk->evfd, &wk->ev_val, sizeof(wk->ev_val), 0);
+    gw_sqe_op(sqe, &wk->ev_op);
+    wk->ev_armed = true;
+}
+
+static int open_listener(const struct gw_sockaddr *a, bool reuseport, char *err, size_t errlen)
+{
+    int fd, one = 1;
+
+    fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        snprintf(err, errlen, "cannot listen on %s: socket: %s", a->text, strerror(errno));
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (reuseport)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    /* "[::]:80" listens on IPv6 only, so that "0.0.0.0:80" can be listed
+     * beside it, as nginx does. */
+    if (a->sa.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)&a->sa, a->len) == -1) {
+        snprintf(err, errlen, "cannot listen on %s: %s%s", a->text, strerror(errno),
+                 errno == EADDRINUSE ? " (another process holds the port)" : "");
+        close(fd);
+        return -1;
+    }
+    if (listen(fd, 4096) == -1) {
+        snprintf(err, errlen, "cannot listen on %s: %s", a->text, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void switch_config(struct gw_worker *wk)
+{
+    uint64_t gen = atomic_load_explicit(&published_gen, memory_order_acquire);
+    struct gw_config *cfg;
+
+    if (gen == atomic_load_explicit(&wk->seen_gen, memory_order_relaxed))
+        return;
+    cfg = atomic_load_explicit(&published, memory_order_acquire);
+    if (cfg != wk->ctx.cur->cfg) {
+        struct gw_cfgref *old = wk->ctx.cur;
+        wk->ctx.cur = gw_cfgref_new(&wk->ctx, cfg);
+        gw_cfgref_release(&wk->ctx, old);
+    }
+    atomic_store_explicit(&wk->seen_gen, gen, memory_order_release);
+}
+
+static void start_drain(struct gw_worker *wk)
+{
+    struct io_uring_sqe *sqe;
+
+    wk->ctx.draining = true;
+    for (unsigned i = 0; i < wk->nls; i++) {
+        struct listener *l = &wk->ls[i];
+        if (l->armed) {
+            sqe = gw_ring_sqe(&wk->ctx.ring);
+            io_uring_prep_cancel(sqe, &l->accept_op, 0);
+            gw_sqe_op(sqe, NULL);
+        }
+    }
+    gw_conns_drain(&wk->ctx);
+    gw_pools_close_idle(&wk->ctx);
+}
+
+static void *worker_main(void *arg)
+{
+    struct gw_worker *wk = arg;
+    struct gw_wctx *w = &wk->ctx;
+    struct gw_config *cfg = wk->start_cfg;
+    bool draining = false;
+    int ret;
+
+    gw_clock_update();
+    ret = gw_ring_init(&w->ring, RING_ENTRIES, wk->err, sizeof(wk->err));
+    if (ret < 0)
+        goto fail;
+    {
+        /* Splices run in io-wq threads; a few per worker are plenty. */
+        unsigned vals[2] = {2, 8};
+        io_uring_register_iowq_max_workers(&w->ring.ring, vals);
+    }
+    ret = gw_bufring_init(&w->br, &w->ring, 1, BUFRING_COUNT, BUFRING_SIZE);
+    if (ret < 0) {
+        snprintf(wk->err, sizeof(wk->err),
+                 "io_uring provided buffers: %s (Linux 5.19 or newer is required)",
+                 strerror(-ret));
+        goto fail;
+    }
+    gw_timers_init(&w->timers);
+    w->stats = gw_metrics_worker(w->id);
+    w->cur = gw_cfgref_new(w, cfg);
+    atomic_store(&wk->seen_gen, cfg->generation);
+    w->max_conns = cfg->limits.max_connections / wk->nworkers;
+    if (w->max_conns == 0)
+        w->max_conns = 1;
+    if (getrandom(&w->rid_seed, sizeof(w->rid_seed), 0) != sizeof(w->rid_seed))
+        w->rid_seed = gw_clock_wall_us() ^ ((uint64_t)w->id << 48);
+    {
+        size_t hb = cfg->limits.max_header_bytes;
+        gw_bufpool_init(&w->in_pool, hb + 16 * 1024);
+        gw_bufpool_init(&w->out_pool, hb + GW_UP_BUF_BODY);
+    }
+
+    wk->nls = (unsigned)cfg->nlistens;
+    wk->ls = gw_xcalloc(wk->nls, sizeof(*wk->ls));
+    for (unsigned i = 0; i < wk->nls; i++) {
+        struct listener *l = &wk->ls[i];
+        l->wk = wk;
+        l->accept_op.cb = on_accept;
+        l->fd = open_listener(&cfg->listens[i].addr, true, wk->err, sizeof(wk->err));
+        if (l->fd < 0)
+            goto fail;
+        struct io_uring_sqe *sqe = gw_ring_sqe(&w->ring);
+        io_uring_prep_multishot_accept(sqe, l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        gw_sqe_op(sqe, &l->accept_op);
+        l->armed = true;
+        wk->listeners_armed++;
+    }
+    wk->ev_op.cb = on_event;
+    arm_event(wk);
+    atomic_store(&wk->state, WS_RUNNING);
+
+    for (;;) {
+        uint64_t now = gw_clock_update();
+        unsigned wait;
+
+        if (atomic_load_explicit(&stop_flag, memory_order_relaxed))
+            break;
+        switch_config(wk);
+        if (!draining && atomic_load_explicit(&drain_flag, memory_order_relaxed)) {
+            draining = true;
+            start_drain(wk);
+        }
+        if (draining) {
+            gw_conns_drain(w);
+            if (w->nconns == 0 && wk->listeners_armed == 0 && !w->log_busy &&
+                w->log_len[w->log_cur] == 0)
+                break;
+        }
+        gw_timers_run(&w->timers, now);
+        gw_log_flush(w);
+        arm_event(wk);
+        wait = gw_timers_wait_ms(&w->timers, now, draining ? 50 : LOOP_MAX_WAIT_MS);
+        ret = gw_ring_run(&w->ring, wait ? wait : 1);
+        if (ret < 0) {
+            gw_log_error("worker %u: io_uring_enter: %s", w->id, strerror(-ret));
+            break;
+        }
+        if (gw_ring_cq_overflowed(&w->ring))
+            gw_stat_add(&w->stats->cq_overflow, 1);
+    }
+    /* Let a last access-log write finish before the process exits. */
+    for (int i = 0; i < 100 && w->log_busy; i++)
+        gw_ring_run(&w->ring, 10);
+    gw_log_flush(w);
+    for (int i = 0; i < 100 && w->log_busy; i++)
+        gw_ring_run(&w->ring, 10);
+    atomic_store(&wk->state, WS_DONE);
+    return NULL;
+
+fail:
+    atomic_store(&wk->state, WS_FAILED);
+    return NULL;
+}
+
+static unsigned cpu_count(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+        return (unsigned)CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (unsigned)n : 1;
+}
+
+unsigned gw_workers_resolve(unsigned n)
+{
+    if (n == 0)
+        n = cpu_count();
+    return n > GW_METRICS_MAX_WORKERS ? GW_METRICS_MAX_WORKERS : n;
+}
+
+unsigned gw_workers_count(void)
+{
+    return nworkers;
+}
+
+int gw_workers_start(struct gw_config *cfg, unsigned n, char *err, size_t errlen)
+{
+    char probe_err[512];
+
+    /* With SO_REUSEPORT a second gateway on the same port would silently
+     * share it; a plain bind first tells "port in use" clearly. */
+    for (size_t i = 0; i < cfg->nlistens; i++) {
+        int fd = open_listener(&cfg->listens[i].addr, false, probe_err, sizeof(probe_err));
+        if (fd < 0) {
+            snprintf(err, errlen, "%s", probe_err);
+            return -1;
+        }
+        close(fd);
+    }
+
+    nworkers = n;
+    workers = gw_xcalloc(n, sizeof(*workers));
+    atomic_store(&published, gw_config_ref(cfg));
+    atomic_store(&published_gen, cfg->generation);
+    for (unsigned i = 0; i < n; i++) {
+        struct gw_worker *wk = &workers[i];
+        wk->ctx.id = i;
+        wk->start_cfg = cfg;
+        wk->nworkers = n;
+        wk->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (wk->evfd == -1 || pthread_create(&wk->thread, NULL, worker_main, wk) != 0) {
+            snprintf(err, errlen, "cannot start worker %u: %s", i, strerror(errno));
+            return -1;
+        }
+    }
+    for (unsigned i = 0; i < n; i++) {
+        while (atomic_load(&workers[i].state) == WS_STARTING)
+            usleep(1000);
+        if (atomic_load(&workers[i].state) == WS_FAILED) {
+            snprintf(err, errlen, "%s", workers[i].err);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void gw_workers_publish(struct gw_config *cfg)
+{
+    struct gw_config *old = atomic_exchange(&published, gw_config_ref(cfg));
+    struct retired *rt = gw_xmalloc(sizeof(*rt));
+
+    atomic_store_explicit(&published_gen, cfg->generation, memory_order_release);
+    rt->cfg = old;
+    rt->until_gen = cfg->generation;
+    rt->next = retired;
+    retired = rt;
+    for (unsigned i = 0; i < nworkers; i++)
+        wake(&workers[i]);
+}
+
+void gw_workers_tick(void)
+{
+    struct retired **pp = &retired;
+    while (*pp) {
+        struct retired *rt = *pp;
+        bool all = true;
+        for (unsigned i = 0; i < nworkers; i++) {
+            int st = atomic_load(&workers[i].state);
+            if (st == WS_RUNNING && atomic_load(&workers[i].seen_gen) < rt->until_gen)
+                all = false;
+        }
+        if (!all) {
+            pp = &rt->next;
+            continue;
+        }
+        *pp = rt->next;
+        gw_config_unref(rt->cfg);
+        free(rt);
+    }
+}
+
+void gw_workers_drain(void)
+{
+    atomic_store(&drain_flag, true);
+    for (unsigned i = 0; i < nworkers; i++)
+        wake(&workers[i]);
+}
+
+bool gw_workers_done(void)
+{
+    for (unsigned i = 0; i < nworkers; i++)
+        if (atomic_load(&workers[i].state) == WS_RUNNING)
+            return false;
+    return true;
+}
+
+void gw_workers_stop(void)
+{
+    atomic_store(&stop_flag, true);
+    for (unsigned i = 0; i < nworkers; i++)
+        wake(&workers[i]);
+}
+
+void gw_workers_join(void)
+{
+    for (unsigned i = 0; i < nworkers; i++)
+        pthread_join(workers[i].thread, NULL);
+}
