@@ -125,19 +125,19 @@ int main(int argc, char **argv)
     sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
     if (sfd == -1) {
         fprintf(stderr, "gateway: signalfd: %s\n", strerror(errno));
-        return 1;
+        goto fail;
     }
 
     ret = gw_ring_init(&probe, 8, err, sizeof(err));
     if (ret < 0) {
         fprintf(stderr, "gateway: %s\n", err);
-        return 1;
+        goto fail;
     }
     gw_ring_exit(&probe);
 
     if (gw_admin_open(&cfg->admin, err, sizeof(err)) != 0) {
         fprintf(stderr, "gateway: %s\n", err);
-        return 1;
+        goto fail;
     }
     gw_admin.start_time = (double)gw_clock_wall_us() / 1e6;
 
@@ -148,7 +148,7 @@ int main(int argc, char **argv)
     gw_admin.last_reload_ok = true;
     if (gw_workers_start(cfg, n, err, sizeof(err)) != 0) {
         fprintf(stderr, "gateway: %s\n", err);
-        return 1;
+        goto fail;
     }
     running = cfg;
     gw_admin.ready = true;
@@ -199,4 +199,8 @@ int main(int argc, char **argv)
     gw_workers_join();
     gw_log_error("stopped");
     return 0;
+
+fail:
+    gw_config_unref(cfg);
+    return 1;
 }

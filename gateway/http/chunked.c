@@ -19,11 +19,11 @@ enum {
     S_DATA,      /* remaining bytes of chunk data */
     S_DATA_CR,   /* CRLF after the data */
     S_DATA_LF,
-    S_TRAILER,   /* start of a trailer field line or the final CRLF */
-    S_TR_NAME,   /* field name, up to ':' */
-    S_TR_VALUE,  /* field value, up to CR */
-    S_TR_LF,     /* LF ending a trailer field line */
-    S_LAST_LF,   /* LF of the final CRLF */
+    S_TRAILER,  /* start of a trailer field line or the final CRLF */
+    S_TR_NAME,  /* field name, up to ':' */
+    S_TR_VALUE, /* field value, up to CR */
+    S_TR_LF,    /* LF ending a trailer field line */
+    S_LAST_LF,  /* LF of the final CRLF */
     S_DONE,
     S_ERROR,
 };
@@ -34,6 +34,7 @@ enum { C_TCHAR = 1 << 0, C_VALUE = 1 << 1 };
 
 /* The same classes as the head parser's (tchar; field-value octets, which
  * also bound what a chunk extension may contain). */
+/* clang-format off */
 static const unsigned char cls[256] = {
     ['\t'] = C_VALUE, [' '] = C_VALUE,  ['!'] = TV,       ['"'] = C_VALUE,  ['#' ... '\''] = TV,
     ['('] = C_VALUE,  [')'] = C_VALUE,  ['*' ... '+'] = TV, [','] = C_VALUE, ['-' ... '.'] = TV,
@@ -41,6 +42,7 @@ static const unsigned char cls[256] = {
     ['[' ... ']'] = C_VALUE, ['^' ... '`'] = TV, ['a' ... 'z'] = TV, ['{'] = C_VALUE,
     ['|'] = TV,       ['}'] = C_VALUE,  ['~'] = TV,       [0x80 ... 0xff] = C_VALUE,
 };
+/* clang-format on */
 
 #undef TV
 

@@ -29,6 +29,7 @@ enum {
 #define TVU (C_TCHAR | C_VALUE | C_TARGET)
 #define TVUA (C_TCHAR | C_VALUE | C_TARGET | C_AUTH)
 
+/* clang-format off */
 static const uint8_t cls[256] = {
     ['\t'] = V,
     [' '] = V,
@@ -69,6 +70,7 @@ static const uint8_t cls[256] = {
     ['~'] = TVUA,
     [0x80 ... 0xff] = VU,
 };
+/* clang-format on */
 
 #undef V
 #undef VU
@@ -232,8 +234,7 @@ static const char *skip_param_value(const char *p, const char *e)
 
 /* Transfer-Encoding: #( token *( OWS ";" OWS token "=" value ) ). Empty
  * list elements are ignored, as RFC 9110 5.6.1 asks. */
-static int parse_transfer_encoding(const char *p, const char *e, struct framing *f,
-                                   struct err *er)
+static int parse_transfer_encoding(const char *p, const char *e, struct framing *f, struct err *er)
 {
     f->te = true;
     for (;;) {
@@ -395,8 +396,8 @@ static int parse_fields(const char *p, const char *end, struct gw_header *hs, si
 
 static enum gw_method method_of(const char *m, size_t n)
 {
-#define M(lit, val)                                                                               \
-    if (n == sizeof(lit) - 1 && memcmp(m, lit, n) == 0)                                           \
+#define M(lit, val)                                                                                \
+    if (n == sizeof(lit) - 1 && memcmp(m, lit, n) == 0)                                            \
         return val;
     switch (n) {
     case 3:

@@ -126,7 +126,9 @@ static enum field classify(struct gw_slice name)
     case 15:
         return IS(p, "x-forwarded-for") ? F_XFF : F_OTHER;
     case 17:
-        return IS(p, "transfer-encoding") ? F_FRAMING : IS(p, "x-forwarded-proto") ? F_XFP : F_OTHER;
+        if (IS(p, "transfer-encoding"))
+            return F_FRAMING;
+        return IS(p, "x-forwarded-proto") ? F_XFP : F_OTHER;
     }
     return F_OTHER;
 }
@@ -184,7 +186,11 @@ ssize_t gw_http_write_request_head(char *out, size_t cap, const struct gw_reques
     scan_fields(&s, req->headers, req->nheaders);
     put_slice(&o, req->method_str);
     PUT_LIT(&o, " ");
-    put_slice(&o, req->path);
+    if (absolute && req->method == GW_METHOD_OPTIONS &&
+        req->authority.ptr + req->authority.len == req->target.ptr + req->target.len)
+        PUT_LIT(&o, "*"); /* RFC 9112 3.2.4: OPTIONS with an empty path */
+    else
+        put_slice(&o, req->path);
     PUT_LIT(&o, " HTTP/1.1\r\n");
     if (absolute) {
         /* RFC 9112 3.2.2: the authority of an absolute-form target
@@ -321,6 +327,7 @@ ssize_t gw_http_write_response_head(char *out, size_t cap, const struct gw_respo
 
 const char *gw_http_reason(int status)
 {
+    /* clang-format off */
     switch (status) {
     case 100: return "Continue";
     case 101: return "Switching Protocols";
@@ -369,6 +376,7 @@ const char *gw_http_reason(int status)
     case 504: return "Gateway Timeout";
     case 505: return "HTTP Version Not Supported";
     }
+    /* clang-format on */
     return "";
 }
 

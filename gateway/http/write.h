@@ -26,7 +26,8 @@ struct gw_fwd_info {
  * (replaced), X-Request-Id (added if the client sent none), and for upgrades
  * "Connection: upgrade". Host is kept (added from the authority for
  * absolute-form, which wins over a Host field; from fi->host for an
- * HTTP/1.0 request without either). When request_id_present is false the
+ * HTTP/1.0 request without either; OPTIONS to an absolute URI without a
+ * path goes out as "OPTIONS *"). When request_id_present is false the
  * client's X-Request-Id fields are dropped and fi->request_id sent instead.
  * Content-Length, Transfer-Encoding and Host are never dropped, even when
  * Connection names them. Returns the length written or -1 if it does not

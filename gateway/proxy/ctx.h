@@ -63,6 +63,7 @@ struct gw_pump {
     int pipe[2];
     uint64_t left;  /* bytes still to move; UINT64_MAX: until EOF */
     size_t in_pipe; /* bytes spliced in and not yet out */
+    uint64_t moved; /* bytes delivered to `to` */
     unsigned refs;  /* ops in flight */
     bool stop, eof, finished, in_again;
     int err;

@@ -66,9 +66,10 @@ static void on_out(struct gw_op *op, int res, unsigned flags)
     struct gw_pump *p = container_of(op, struct gw_pump, out_op);
     (void)flags;
     p->refs--;
-    if (res > 0)
+    if (res > 0) {
         p->in_pipe -= (size_t)res;
-    else if (res < 0 && res != -EAGAIN && res != -ECANCELED)
+        p->moved += (uint64_t)res;
+    } else if (res < 0 && res != -EAGAIN && res != -ECANCELED)
         fail(p, res);
     if (p->refs == 0)
         step(p);
@@ -154,6 +155,7 @@ int gw_pump_start(struct gw_pump *p, struct gw_wctx *w, int from, int to, uint64
     p->to = to;
     p->left = left;
     p->in_pipe = 0;
+    p->moved = 0;
     p->refs = 0;
     p->stop = p->eof = p->finished = p->in_again = false;
     p->err = 0;

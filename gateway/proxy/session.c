@@ -325,8 +325,12 @@ static void make_request_id(struct gw_wctx *w, struct gw_req *r)
     /* 128 bits: a per-worker random seed and a counter mixed with the
      * worker id, so ids never repeat within a process and are unlikely to
      * repeat across processes. */
+    uint64_t z = w->rid_seed + seq * 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
     r->rid_len = (unsigned)snprintf(r->rid, sizeof(r->rid), "%016llx%016llx",
-                                    (unsigned long long)w->rid_seed,
+                                    (unsigned long long)z,
                                     (unsigned long long)(seq ^ ((uint64_t)w->id << 56)));
 }
 
@@ -572,6 +576,12 @@ static void req_advance_up(struct gw_req *r)
         const char *p = gw_buf_head(&r->uout) + (r->uout_keep ? r->uout_sent : 0);
         r->uout_sending = true;
         gw_upconn_send(r->up, p, pending);
+        /* The response recv goes out with the first send rather than after
+         * it completes: one loop turn less per request. */
+        if (!r->up_recv_started) {
+            r->up_recv_started = true;
+            gw_upconn_recv(r->up);
+        }
         goto recv;
     }
     if (body_complete(r)) {
@@ -742,11 +752,19 @@ static void resp_complete(struct gw_req *r)
     req_try_finish(r);
 }
 
+/* Bytes a pump delivered to the client count as sent, as a send's would. */
+static void count_pumped_out(struct gw_req *r, const struct gw_pump *p)
+{
+    r->bytes_out += p->moved;
+    gw_stat_add(&r->c->w->stats->bytes_out, p->moved);
+}
+
 static void on_pump_up_done(struct gw_pump *p, int err)
 {
     struct gw_req *r = container_of(p, struct gw_req, pump_up);
 
     r->pump_up_on = false;
+    count_pumped_out(r, p);
     if (r->aborting) {
         if (r->up != NULL && !r->pump_down_on)
             req_drop_up(r, false);
@@ -845,7 +863,6 @@ static void resp_start(struct gw_req *r, size_t head_len)
     ssize_t n;
 
     r->status = q->status;
-    r->uout_keep = false;
     r->resp_phase = GW_RESP_BODY;
     gw_stat_add(&w->stats->servers[r->cfgref->pools[r->server->index]->stats_slot]
                      ->outcome[GW_OUTCOME_SUCCESS],
@@ -873,6 +890,12 @@ static void resp_start(struct gw_req *r, size_t head_len)
     c->out.off = 0;
     c->out.len = (size_t)n;
 
+    /* No retry once a response began: what was kept for one is done with. */
+    r->uout_keep = false;
+    if (r->uout_sent > 0) {
+        gw_buf_consume(&r->uout, r->uout_sent);
+        r->uout_sent = 0;
+    }
     if (q->status == 101) {
         /* The head goes out alone; whatever the upstream sent after it is
          * tunnel data and follows. */
@@ -975,10 +998,12 @@ void gw_req_up_data(struct gw_req *r, int res)
 
 static void tunnel_pump_done(struct gw_req *r, bool down, int err)
 {
-    if (down)
+    if (down) {
         r->pump_down_on = false;
-    else
+    } else {
         r->pump_up_on = false;
+        count_pumped_out(r, &r->pump_up);
+    }
     r->tunnel_open--;
     if (err != 0 || r->aborting) {
         r->aborting = true;
@@ -1103,6 +1128,10 @@ static void req_start(struct gw_conn *c, size_t head_len)
     gw_chunked_init(&r->chunk);
 
     gw_bufpool_get(&w->in_pool, &r->uout);
+    memset(&fi, 0, sizeof(fi));
+    /* An HTTP/1.0 request may come without Host; the upstream then gets
+     * the upstream's name, as nginx sends $proxy_host. */
+    fi.host = gw_slice(r->route->upstream->name, strlen(r->route->upstream->name));
     fi.client_addr = gw_slice(c->peer, c->peer_len);
     fi.proto = GW_SLICE_LIT("http");
     fi.request_id = gw_slice(r->rid, r->rid_len);

@@ -178,10 +178,10 @@ static void test_methods(void)
         const char *m;
         enum gw_method e;
     } t[] = {
-        {"GET", GW_METHOD_GET},         {"HEAD", GW_METHOD_HEAD},     {"POST", GW_METHOD_POST},
-        {"PUT", GW_METHOD_PUT},         {"DELETE", GW_METHOD_DELETE}, {"OPTIONS", GW_METHOD_OPTIONS},
-        {"PATCH", GW_METHOD_PATCH},     {"TRACE", GW_METHOD_TRACE},   {"get", GW_METHOD_OTHER},
-        {"PURGE", GW_METHOD_OTHER},     {"GETS", GW_METHOD_OTHER},    {"M-SEARCH", GW_METHOD_OTHER},
+        {"GET", GW_METHOD_GET},     {"HEAD", GW_METHOD_HEAD},     {"POST", GW_METHOD_POST},
+        {"PUT", GW_METHOD_PUT},     {"DELETE", GW_METHOD_DELETE}, {"OPTIONS", GW_METHOD_OPTIONS},
+        {"PATCH", GW_METHOD_PATCH}, {"TRACE", GW_METHOD_TRACE},   {"get", GW_METHOD_OTHER},
+        {"PURGE", GW_METHOD_OTHER}, {"GETS", GW_METHOD_OTHER},    {"M-SEARCH", GW_METHOD_OTHER},
     };
     char buf[128];
 
@@ -379,8 +379,8 @@ static void test_framing(void)
             400, "CL and TE");
     BAD_REQ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n",
             400, "TE and CL 0");
-    ok(strcmp(req.error_reason, "content-length and transfer-encoding together") == 0,
-       "reason: %s", req.error_reason);
+    ok(strcmp(req.error_reason, "content-length and transfer-encoding together") == 0, "reason: %s",
+       req.error_reason);
     BAD_REQ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 400,
             "TE not ending in chunked");
     BAD_REQ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400,
@@ -550,8 +550,7 @@ static void test_response_body(void)
     for (size_t i = 0; i < sizeof(none) / sizeof(none[0]); i++) {
         snprintf(buf, sizeof(buf), cl, none[i]);
         OK_RESP(buf, GW_METHOD_GET, "%d with CL", none[i]);
-        ok(resp.content_length == -1 && !(resp.flags & GW_MSG_HAS_BODY), "%d has no body",
-           none[i]);
+        ok(resp.content_length == -1 && !(resp.flags & GW_MSG_HAS_BODY), "%d has no body", none[i]);
     }
     snprintf(buf, sizeof(buf), cl, 200);
     OK_RESP(buf, GW_METHOD_HEAD, "200 to HEAD");
@@ -565,7 +564,8 @@ static void test_response_body(void)
     OK_RESP(buf, GW_METHOD_CONNECT, "407 to CONNECT");
     ok(resp.content_length == 7 && (resp.flags & GW_MSG_HAS_BODY), "has its body");
 
-    OK_RESP("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", GW_METHOD_GET, "chunked");
+    OK_RESP("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", GW_METHOD_GET,
+            "chunked");
     is(resp.flags, GW_MSG_CHUNKED | GW_MSG_HAS_BODY | GW_MSG_KEEPALIVE, "chunked flags");
     is(resp.content_length, -1, "no length");
     OK_RESP("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", GW_METHOD_GET, "TE gzip");
@@ -581,8 +581,8 @@ static void test_response_body(void)
     OK_RESP("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\n", GW_METHOD_GET,
             "close");
     is(resp.flags, GW_MSG_HAS_BODY | GW_MSG_CONN_CLOSE, "close, not keep-alive");
-    OK_RESP("HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n",
-            GW_METHOD_GET, "1.0 keep-alive");
+    OK_RESP("HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n", GW_METHOD_GET,
+            "1.0 keep-alive");
     is(resp.flags, GW_MSG_HAS_BODY | GW_MSG_KEEPALIVE, "keep-alive");
     OK_RESP("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n", GW_METHOD_GET,
             "1.0 keep-alive, no length");

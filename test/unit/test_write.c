@@ -61,7 +61,7 @@ static bool same(const char *got, const char *want)
 }
 
 #define REQ_IS(in, fi, want, ...) ok(same(rewrite_request(in, fi), want), __VA_ARGS__)
-#define RESP_IS(in, m, rid, close, minor, want, ...)                                              \
+#define RESP_IS(in, m, rid, close, minor, want, ...)                                               \
     ok(same(rewrite_response(in, m, rid, close, minor), want), __VA_ARGS__)
 
 static void test_request(void)
@@ -126,6 +126,15 @@ static void test_request(void)
            "X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Request-Id: rid-1\r\n\r\n",
            "absolute-form with Host: the authority wins");
 
+    REQ_IS("OPTIONS http://up.example HTTP/1.1\r\nHost: up.example\r\n\r\n", &fwd,
+           "OPTIONS * HTTP/1.1\r\nHost: up.example\r\n"
+           "X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Request-Id: rid-1\r\n\r\n",
+           "OPTIONS to an absolute URI without a path becomes OPTIONS *");
+    REQ_IS("OPTIONS http://up.example/ HTTP/1.1\r\nHost: up.example\r\n\r\n", &fwd,
+           "OPTIONS / HTTP/1.1\r\nHost: up.example\r\n"
+           "X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Request-Id: rid-1\r\n\r\n",
+           "... but not with the path /");
+
     struct gw_fwd_info dflt = fwd;
     dflt.host = GW_SLICE_LIT("backend");
     REQ_IS("GET / HTTP/1.0\r\n\r\n", &dflt,
@@ -183,7 +192,8 @@ static void test_cap(void)
             -1)
             fails++;
     is(fails, 0, "response: every smaller cap gives -1");
-    is(gw_http_write_response_head(map + pg - full, (size_t)full, &resp, GW_SLICE_LIT("r"), true, 1),
+    is(gw_http_write_response_head(map + pg - full, (size_t)full, &resp, GW_SLICE_LIT("r"), true,
+                                   1),
        full, "response: the exact cap fits");
 
     full = gw_http_write_simple_response(out, sizeof(out), 404, GW_SLICE_LIT("r"), true, "A: b\r\n",
@@ -229,13 +239,14 @@ static void test_response(void)
             "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Request-Id: rid-1\r\nConnection: close\r\n"
             "\r\n",
             "close for an HTTP/1.0 client");
-    RESP_IS("HTTP/1.1 404 \r\nContent-Length: 0\r\n\r\n", GW_METHOD_GET, (struct gw_slice){0}, false,
-            1, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    RESP_IS("HTTP/1.1 404 \r\nContent-Length: 0\r\n\r\n", GW_METHOD_GET, (struct gw_slice){0},
+            false, 1, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
             "empty reason: the standard one; no id given: none added");
     RESP_IS("HTTP/1.1 299\r\nContent-Length: 0\r\n\r\n", GW_METHOD_GET, (struct gw_slice){0}, false,
             1, "HTTP/1.1 299 \r\nContent-Length: 0\r\n\r\n", "unknown code, no reason");
     RESP_IS("HTTP/1.1 200 Fine \xe9t\xe9\r\nContent-Length: 0\r\n\r\n", GW_METHOD_GET,
-            (struct gw_slice){0}, false, 1, "HTTP/1.1 200 Fine \xe9t\xe9\r\nContent-Length: 0\r\n\r\n",
+            (struct gw_slice){0}, false, 1,
+            "HTTP/1.1 200 Fine \xe9t\xe9\r\nContent-Length: 0\r\n\r\n",
             "upstream reason kept as is");
     RESP_IS("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             "Sec-WebSocket-Accept: a\r\n\r\n",
@@ -250,11 +261,10 @@ static void test_simple(void)
     char buf[512];
     ssize_t n;
 
-#define SIMPLE_IS(want, ...)                                                                      \
-    ok(n >= 0 && (buf[n] = '\0', same(buf, want)), __VA_ARGS__)
+#define SIMPLE_IS(want, ...) ok(n >= 0 && (buf[n] = '\0', same(buf, want)), __VA_ARGS__)
 
-    n = gw_http_write_simple_response(buf, sizeof(buf) - 1, 404, GW_SLICE_LIT("rid-1"), false,
-                                      NULL, GW_SLICE_LIT("not found\n"));
+    n = gw_http_write_simple_response(buf, sizeof(buf) - 1, 404, GW_SLICE_LIT("rid-1"), false, NULL,
+                                      GW_SLICE_LIT("not found\n"));
     SIMPLE_IS("HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n"
               "X-Request-Id: rid-1\r\n\r\nnot found\n",
               "404 with a body");
