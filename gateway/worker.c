@@ -291,13 +291,32 @@ fail:
     return NULL;
 }
 
+/* CPUs a container may use: its cpuset (the affinity mask) and, with
+ * cgroup v2, its CPU quota ("docker run --cpus 2" sets cpu.max to
+ * "200000 100000"), rounded up. */
 static unsigned cpu_count(void)
 {
     cpu_set_t set;
-    if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
-        return (unsigned)CPU_COUNT(&set);
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (unsigned)n : 1;
+    unsigned n;
+    long long quota, period;
+    FILE *f;
+
+    if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) {
+        n = (unsigned)CPU_COUNT(&set);
+    } else {
+        long m = sysconf(_SC_NPROCESSORS_ONLN);
+        n = m > 0 ? (unsigned)m : 1;
+    }
+    f = fopen("/sys/fs/cgroup/cpu.max", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%lld %lld", &quota, &period) == 2 && quota > 0 && period > 0) {
+            unsigned q = (unsigned)((quota + period - 1) / period);
+            if (q > 0 && q < n)
+                n = q;
+        }
+        fclose(f);
+    }
+    return n;
 }
 
 unsigned gw_workers_resolve(unsigned n)

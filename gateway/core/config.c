@@ -120,7 +120,7 @@ static int get_int(struct ctx *c, const config_setting_t *group, const char *key
                    long long hi, long long def, long long *out)
 {
     const config_setting_t *s = member(group, key);
-    long long v;
+    long long v = 0;
 
     if (s == NULL) {
         *out = def;
@@ -138,7 +138,7 @@ static int get_int(struct ctx *c, const config_setting_t *group, const char *key
 static int get_u32(struct ctx *c, const config_setting_t *group, const char *key, long long lo,
                    long long hi, long long def, unsigned *out)
 {
-    long long v;
+    long long v = 0;
 
     if (get_int(c, group, key, lo, hi, def, &v) == -1)
         return -1;
@@ -400,7 +400,7 @@ static int parse_admin(struct ctx *c, const config_setting_t *root, struct gw_co
 static int parse_limits(struct ctx *c, const config_setting_t *root, struct gw_limits *lim)
 {
     const config_setting_t *g;
-    long long v;
+    long long v = 0;
 
     if (get_group(c, root, "limits", &g) == -1)
         return -1;
