@@ -143,34 +143,57 @@ struct scan {
     size_t nconn;
 };
 
+/* Calls fn for each element of a comma-separated list, blanks trimmed;
+ * stops and returns true when fn does. */
+static bool each_token(struct gw_slice list, bool (*fn)(struct gw_slice tok, const void *arg),
+                       const void *arg)
+{
+    const char *p = list.ptr, *e = p + list.len;
+
+    while (p < e) {
+        while (p < e && (*p == ' ' || *p == '\t' || *p == ','))
+            p++;
+        const char *tok = p;
+        while (p < e && *p != ',')
+            p++;
+        const char *te = p;
+        while (te > tok && (te[-1] == ' ' || te[-1] == '\t'))
+            te--;
+        if (te > tok && fn(gw_slice(tok, (size_t)(te - tok)), arg))
+            return true;
+    }
+    return false;
+}
+
+static bool names_a_field(struct gw_slice tok, const void *arg)
+{
+    (void)arg;
+    return !ieq(tok, GW_SLICE_LIT("close")) && !ieq(tok, GW_SLICE_LIT("keep-alive")) &&
+           !ieq(tok, GW_SLICE_LIT("upgrade"));
+}
+
+static bool same_name(struct gw_slice tok, const void *name)
+{
+    return ieq(tok, *(const struct gw_slice *)name);
+}
+
 static void scan_fields(struct scan *s, const struct gw_header *hs, size_t n)
 {
     s->nconn = 0;
     for (size_t i = 0; i < n; i++) {
         s->kind[i] = (unsigned char)classify(hs[i].name);
-        if (s->kind[i] == F_CONNECTION)
+        /* the usual "keep-alive" or "close" names no field worth a look */
+        if (s->kind[i] == F_CONNECTION && each_token(hs[i].value, names_a_field, NULL))
             s->conn[s->nconn++] = hs[i].value;
     }
 }
 
-/* Whether a Connection field lists name (comma-separated, blanks around). */
+/* Whether a Connection field lists name. */
 static bool listed(const struct scan *s, struct gw_slice name)
 {
-    for (size_t i = 0; i < s->nconn; i++) {
-        const char *p = s->conn[i].ptr, *e = p + s->conn[i].len;
-        while (p < e) {
-            while (p < e && (*p == ' ' || *p == '\t' || *p == ','))
-                p++;
-            const char *tok = p;
-            while (p < e && *p != ',')
-                p++;
-            const char *te = p;
-            while (te > tok && (te[-1] == ' ' || te[-1] == '\t'))
-                te--;
-            if (ieq(gw_slice(tok, (size_t)(te - tok)), name))
-                return true;
-        }
-    }
+    for (size_t i = 0; i < s->nconn; i++)
+        if (each_token(s->conn[i], same_name, &name))
+            return true;
     return false;
 }
 

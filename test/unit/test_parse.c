@@ -297,6 +297,23 @@ static void test_fields(void)
     BAD_REQ("GET / HTTP/1.1\r\nHost: a\r\nX: a\x00z\r\n\r\n", 400, "NUL in value");
     BAD_REQ("GET / HTTP/1.1\r\nHost: a\r\nX\x01: a\r\n\r\n", 400, "control char in name");
 
+    /* every octet at every position of a long value (scanned a word at a
+     * time): only controls other than HTAB, and DEL, are refused */
+    int wrong = 0;
+    for (int c = 0; c < 256; c++) {
+        for (int i = 0; i < 24; i++) {
+            char in[128];
+            int n = snprintf(in, sizeof(in), "GET / HTTP/1.1\r\nHost: a\r\nX: %s\r\n\r\n",
+                             "vvvvvvvvvvvvvvvvvvvvvvvv");
+            in[n - 28 + i] = (char)c;
+            bool bad = (c < 0x20 && c != '\t') || c == 0x7f;
+            int r = req_at(in, (size_t)n, MAX_HEAD, &req);
+            if (bad ? (r != -1 || req.error_status != 400) : r != n)
+                wrong++;
+        }
+    }
+    is(wrong, 0, "each octet at each position of a value");
+
     /* GW_HTTP_MAX_HEADERS fields pass, one more is 431 */
     char buf[4096];
     size_t n = (size_t)snprintf(buf, sizeof(buf), "GET / HTTP/1.1\r\nHost: a\r\n");
@@ -412,6 +429,8 @@ static void test_framing(void)
     OK_REQ("GET / HTTP/1.1\r\nHost:\r\n\r\n", "empty Host (RFC 9112 3.2)");
     OK_REQ("GET / HTTP/1.1\r\nHost: [2001:db8::1]:80\r\n\r\n", "IPv6 Host");
     BAD_REQ("GET / HTTP/1.1\r\nHost: [2001:db8::1:80\r\n\r\n", 400, "unclosed IP literal");
+    BAD_REQ("GET / HTTP/1.1\r\nHost: [2001:db8::1]x\r\n\r\n", 400, "junk after IP literal");
+    BAD_REQ("GET / HTTP/1.1\r\nHost: a[::1]\r\n\r\n", 400, "IP literal not first");
 }
 
 static void test_flags(void)
