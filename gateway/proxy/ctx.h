@@ -21,6 +21,7 @@
 /* Bodies with at least this many bytes still to move go through a pipe
  * with splice; smaller ones are copied from the buffer we already hold. */
 #define GW_SPLICE_MIN_BYTES (64 * 1024)
+extern uint64_t gw_splice_min;
 /* Response bytes read per upstream recv in copy mode. */
 #define GW_UP_BUF_BODY (32 * 1024)
 
@@ -173,6 +174,7 @@ enum {
     GW_C_PEER_EOF = 1 << 4,
     GW_C_HOLD_RECV = 1 << 5, /* keep the recv stopped (splice, tunnel) */
     GW_C_IN_HEAD = 1 << 6,   /* bytes of a request head have arrived */
+    GW_C_FREED = 1 << 7,     /* back on the free list: nothing may free it again */
 };
 
 struct gw_conn {

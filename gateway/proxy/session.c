@@ -31,6 +31,8 @@
 
 #define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
 
+uint64_t gw_splice_min = GW_SPLICE_MIN_BYTES;
+
 static const char continue_100[] = "HTTP/1.1 100 Continue\r\n\r\n";
 
 static void conn_process(struct gw_conn *c);
@@ -82,8 +84,11 @@ static void conn_free_if_done(struct gw_conn *c)
 {
     struct gw_wctx *w = c->w;
 
-    if (!(c->flags & GW_C_CLOSING) || c->refs > 0 || c->req != NULL)
+    /* Several paths end in here within one call chain (an abort that also
+     * finishes the request); the first one frees. */
+    if (!(c->flags & GW_C_CLOSING) || (c->flags & GW_C_FREED) || c->refs > 0 || c->req != NULL)
         return;
+    c->flags |= GW_C_FREED;
     gw_timer_cancel(&w->timers, &c->timer);
     close(c->fd);
     gw_bufpool_put(&w->in_pool, &c->in);
@@ -588,7 +593,7 @@ static void req_advance_up(struct gw_req *r)
         r->req_phase = GW_REQ_DONE;
         goto recv;
     }
-    if (!r->body_chunked && r->body_left >= GW_SPLICE_MIN_BYTES) {
+    if (!r->body_chunked && r->body_left >= gw_splice_min) {
         c->flags |= GW_C_HOLD_RECV;
         stop_recv(c);
         if (c->flags & GW_C_RECV_ARMED)
@@ -798,7 +803,7 @@ static void on_resp_sent(struct gw_conn *c)
         return;
     }
     if (!r->resp_chunked && !r->resp_until_close && u->in.len == 0 &&
-        r->resp_left >= GW_SPLICE_MIN_BYTES) {
+        r->resp_left >= gw_splice_min) {
         if (gw_pump_start(&r->pump_up, c->w, u->fd, c->fd, r->resp_left, on_pump_up_done) ==
             0) {
             r->pump_up_on = true;

@@ -25,6 +25,7 @@ enum {
     UP_IDLE = 1 << 1,
     UP_CLOSING = 1 << 2,
     UP_REUSED = 1 << 3,
+    UP_FREED = 1 << 4, /* on the free list; see upconn_free_if_done */
 };
 
 static void upconn_close(struct gw_upconn *u);
@@ -32,8 +33,9 @@ static void upconn_close(struct gw_upconn *u);
 static void upconn_free_if_done(struct gw_upconn *u)
 {
     struct gw_wctx *w = u->w;
-    if (!(u->flags & UP_CLOSING) || u->refs > 0)
+    if (!(u->flags & UP_CLOSING) || (u->flags & UP_FREED) || u->refs > 0)
         return;
+    u->flags |= UP_FREED;
     gw_timer_cancel(&w->timers, &u->idle_timer);
     close(u->fd);
     gw_bufpool_put(&w->out_pool, &u->in);
