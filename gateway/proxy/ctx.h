@@ -80,7 +80,7 @@ struct gw_upconn {
     int fd;
     unsigned refs;
     unsigned flags;
-    struct gw_op connect_op, send_op, recv_op, poll_op;
+    struct gw_op connect_op, send_op, recv_op;
     struct __kernel_timespec connect_ts;
     struct gw_buf in; /* response bytes */
     struct msghdr msg;
@@ -258,10 +258,12 @@ void gw_conn_accepted(struct gw_wctx *w, int fd);
 void gw_conns_drain(struct gw_wctx *w);
 
 /* upstream.c */
-/* Picks a server for the request's route and gets a connection to it,
- * pooled or new. Calls gw_req_up_ready(r, 0) or gw_req_up_ready(r, -err)
- * later, never before returning. fresh: don't use a pooled connection. */
-void gw_upstream_acquire(struct gw_req *r, bool fresh);
+/* Picks a server for the request's route and gets a connection to it.
+ * Returns true when a pooled connection is ready now (r->up set, no
+ * callback follows). Otherwise a new connection is on its way and
+ * gw_req_up_ready(r, 0 or -err) is called later, never before returning.
+ * fresh: don't use a pooled connection. */
+bool gw_upstream_acquire(struct gw_req *r, bool fresh);
 /* The request is done with its connection: pool it if reusable, else close. */
 void gw_upstream_release(struct gw_req *r, bool reusable);
 void gw_upconn_send(struct gw_upconn *u, const char *p, size_t n);

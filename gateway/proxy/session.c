@@ -625,7 +625,8 @@ static void retry_fresh(struct gw_req *r)
     r->up_ready = false;
     r->up_recv_started = false;
     r->uout_sent = 0;
-    gw_upstream_acquire(r, true);
+    if (gw_upstream_acquire(r, true))
+        gw_req_up_ready(r, 0);
 }
 
 /* A pooled connection the server had closed fails on first use. The
@@ -1170,7 +1171,8 @@ static void req_start(struct gw_conn *c, size_t head_len)
         c->iov[0].iov_len = sizeof(continue_100) - 1;
         c_send(c, 1, NULL);
     }
-    gw_upstream_acquire(r, false);
+    if (gw_upstream_acquire(r, false))
+        gw_req_up_ready(r, 0);
 }
 
 /* No request in progress: parse the next head from c->in, or wait. */

@@ -1,7 +1,7 @@
 /* Owns upstream connections: server choice, connect with a deadline,
- * keep-alive pools (idle connections are watched with a poll so that one
- * the server closed is dropped before it is handed out), and the single
- * send / recv ops of a connection in use. */
+ * keep-alive pools (idle connections expire by timer; on reuse one the
+ * server closed is found by a peek or by the retry of the request), and
+ * the single send / recv ops of a connection in use. */
 #include "proxy/ctx.h"
 
 #include "core/clock.h"
@@ -86,19 +86,6 @@ static void on_idle_timeout(struct gw_timer *t)
     upconn_close(u);
 }
 
-static void on_idle_poll(struct gw_op *op, int res, unsigned flags)
-{
-    struct gw_upconn *u = container_of(op, struct gw_upconn, poll_op);
-    (void)flags;
-    u->refs--;
-    /* Readable while idle means the server closed it or sent bytes nobody
-     * asked for: either way it cannot carry the next request. A cancelled
-     * poll belongs to a connection that was taken for a request. */
-    if ((u->flags & UP_IDLE) && res != -ECANCELED)
-        upconn_close(u);
-    upconn_free_if_done(u);
-}
-
 static void on_connect(struct gw_op *op, int res, unsigned flags)
 {
     struct gw_upconn *u = container_of(op, struct gw_upconn, connect_op);
@@ -177,7 +164,6 @@ static struct gw_upconn *upconn_new(struct gw_wctx *w, struct gw_pool *p)
     u->connect_op.cb = on_connect;
     u->send_op.cb = on_send;
     u->recv_op.cb = on_recv;
-    u->poll_op.cb = on_idle_poll;
     gw_timer_init(&u->idle_timer, on_idle_timeout);
     return u;
 }
@@ -206,7 +192,7 @@ static const struct gw_server *pick_server(struct gw_req *r)
     return up->servers[start % up->nservers];
 }
 
-void gw_upstream_acquire(struct gw_req *r, bool fresh)
+bool gw_upstream_acquire(struct gw_req *r, bool fresh)
 {
     struct gw_wctx *w = r->c->w;
     struct gw_pool *p;
@@ -221,28 +207,29 @@ void gw_upstream_acquire(struct gw_req *r, bool fresh)
     p = r->cfgref->pools[r->server->index];
     ss = w->stats->servers[p->stats_slot];
 
-    if (!fresh && p->idle != NULL) {
+    while (!fresh && p->idle != NULL) {
         u = p->idle;
         idle_remove(u);
         gw_timer_cancel(&w->timers, &u->idle_timer);
-        sqe = gw_ring_sqe(&w->ring);
-        io_uring_prep_poll_remove(sqe, (__u64)(uintptr_t)&u->poll_op);
-        gw_sqe_op(sqe, NULL);
+        /* A request we could not send again must not land on a connection
+         * the server has already closed: one non-blocking peek tells. A
+         * request kept whole for a retry skips it; a failure there is
+         * retried on a fresh connection instead. */
+        if (!r->uout_keep) {
+            char b;
+            ssize_t n = recv(u->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+                upconn_close(u);
+                continue;
+            }
+        }
         u->flags |= UP_REUSED;
         u->reused = true;
         u->req = r;
         p->active++;
         r->up = u;
         gw_stat_add(&ss->reused, 1);
-        /* Ready now, but the callback must not run before we return: the
-         * caller continues after this call. The connect op slot is free on
-         * an established connection, so post a no-op through it. */
-        sqe = gw_ring_sqe(&w->ring);
-        io_uring_prep_nop(sqe);
-        gw_sqe_op(sqe, &u->connect_op);
-        u->refs++;
-        u->flags |= UP_CONNECTING;
-        return;
+        return true;
     }
 
     fd = socket(p->addr.sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -250,7 +237,7 @@ void gw_upstream_acquire(struct gw_req *r, bool fresh)
         int err = -errno;
         gw_log_error("socket for upstream %s: %s", p->addr.text, strerror(-err));
         gw_req_defer_error(r, err);
-        return;
+        return false;
     }
     u = upconn_new(w, p);
     u->req = r;
@@ -273,6 +260,7 @@ void gw_upstream_acquire(struct gw_req *r, bool fresh)
     sqe = gw_ring_sqe(&w->ring);
     io_uring_prep_link_timeout(sqe, &u->connect_ts, 0);
     gw_sqe_op(sqe, NULL);
+    return false;
 }
 
 void gw_upstream_release(struct gw_req *r, bool reusable)
@@ -280,7 +268,6 @@ void gw_upstream_release(struct gw_req *r, bool reusable)
     struct gw_upconn *u = r->up;
     struct gw_wctx *w;
     struct gw_pool *p;
-    struct io_uring_sqe *sqe;
 
     if (u == NULL)
         return;
@@ -299,10 +286,9 @@ void gw_upstream_release(struct gw_req *r, bool reusable)
     p->idle = u;
     p->nidle++;
     u->in.off = u->in.len = 0;
-    sqe = gw_ring_sqe(&w->ring);
-    io_uring_prep_poll_add(sqe, u->fd, POLLIN | POLLRDHUP);
-    gw_sqe_op(sqe, &u->poll_op);
-    u->refs++;
+    /* Idle connections are not watched with a poll (that would cost two
+     * ring ops per request); the idle timer closes them, and a reuse
+     * either peeks or may retry. */
     gw_timer_set(&w->timers, &u->idle_timer,
                  gw_now_ms + r->cfgref->cfg->limits.idle_timeout_ms);
 }
