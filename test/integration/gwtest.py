@@ -46,7 +46,9 @@ class GatewayCrashed(GatewayError):
 
 
 def gateway_bin():
-    return Path(os.environ.get("GATEWAY_BIN", str(DEFAULT_BIN)))
+    # A relative GATEWAY_BIN is taken from where pytest was started, before
+    # any test changes directory.
+    return Path(os.environ.get("GATEWAY_BIN", str(DEFAULT_BIN))).absolute()
 
 
 def sanitizer_report(text):
