@@ -59,20 +59,31 @@ void gw_bufpool_put(struct gw_bufpool *bp, struct gw_buf *b)
     b->off = b->len = b->cap = 0;
 }
 
-int gw_pipe_get(struct gw_wctx *w, int fds[2])
+/* Bigger pipes mean fewer splices per body; the kernel may refuse
+ * (fs.pipe-user-pages-soft), which only costs speed. */
+#define PIPE_BYTES (256 * 1024)
+
+int gw_pipe_get(struct gw_wctx *w, int fds[2], size_t *cap)
 {
+    int n;
+
     if (w->nfree_pipes) {
         w->nfree_pipes--;
-        fds[0] = w->free_pipes[2 * w->nfree_pipes];
-        fds[1] = w->free_pipes[2 * w->nfree_pipes + 1];
+        fds[0] = w->free_pipes[3 * w->nfree_pipes];
+        fds[1] = w->free_pipes[3 * w->nfree_pipes + 1];
+        *cap = (size_t)w->free_pipes[3 * w->nfree_pipes + 2];
         return 0;
     }
     if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) == -1)
         return -errno;
+    n = fcntl(fds[1], F_SETPIPE_SZ, PIPE_BYTES);
+    if (n == -1)
+        n = fcntl(fds[1], F_GETPIPE_SZ);
+    *cap = n > 0 ? (size_t)n : 65536;
     return 0;
 }
 
-void gw_pipe_put(struct gw_wctx *w, int fds[2], bool clean)
+void gw_pipe_put(struct gw_wctx *w, int fds[2], size_t cap, bool clean)
 {
     if (fds[0] < 0)
         return;
@@ -81,9 +92,10 @@ void gw_pipe_put(struct gw_wctx *w, int fds[2], bool clean)
         close(fds[1]);
     } else {
         if (w->free_pipes == NULL)
-            w->free_pipes = gw_xmalloc(sizeof(int) * 2 * PIPES_KEEP);
-        w->free_pipes[2 * w->nfree_pipes] = fds[0];
-        w->free_pipes[2 * w->nfree_pipes + 1] = fds[1];
+            w->free_pipes = gw_xmalloc(sizeof(int) * 3 * PIPES_KEEP);
+        w->free_pipes[3 * w->nfree_pipes] = fds[0];
+        w->free_pipes[3 * w->nfree_pipes + 1] = fds[1];
+        w->free_pipes[3 * w->nfree_pipes + 2] = (int)cap;
         w->nfree_pipes++;
     }
     fds[0] = fds[1] = -1;

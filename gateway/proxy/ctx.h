@@ -55,20 +55,25 @@ struct gw_pool {
     struct gw_pool *next;
 };
 
-/* Moves bytes from one socket to another through a pipe with splice,
- * polling for readiness first so that no io-wq thread waits on an idle
- * socket. Owned by its embedder, which must not free it while refs > 0. */
+/* Moves bytes from one socket to another through a pipe with splice. The
+ * in side (socket -> pipe) and the out side (pipe -> socket) run at the
+ * same time, one op each, so reading the next chunk overlaps writing the
+ * last. Owned by its embedder, which must not free it while refs > 0. */
 struct gw_pump {
     struct gw_wctx *w;
     int from, to;
     int pipe[2];
-    uint64_t left;  /* bytes still to move; UINT64_MAX: until EOF */
-    size_t in_pipe; /* bytes spliced in and not yet out */
-    uint64_t moved; /* bytes delivered to `to` */
-    unsigned refs;  /* ops in flight */
-    bool stop, eof, finished, in_again;
+    size_t pipe_cap;  /* bytes the pipe holds */
+    uint64_t left;    /* bytes still to read; UINT64_MAX: until EOF */
+    size_t in_pipe;   /* bytes spliced in and not yet out */
+    uint64_t moved;   /* bytes delivered to `to` */
+    unsigned refs;    /* ops in flight */
+    bool in_busy, out_busy;           /* a splice of that side is in flight */
+    bool in_wait, out_wait;           /* a poll of that side is in flight */
+    bool in_again, out_again;         /* last splice said EAGAIN: poll next */
+    bool stop, eof, finished;
     int err;
-    struct gw_op poll_op, in_op, out_op;
+    struct gw_op in_poll_op, out_poll_op, in_op, out_op;
     void (*done)(struct gw_pump *p, int err); /* called once, after the last op */
 };
 
@@ -211,7 +216,7 @@ struct gw_wctx {
     struct gw_upconn *free_upconns;
     struct gw_bufpool in_pool;  /* client input, upstream output */
     struct gw_bufpool out_pool; /* client output heads, upstream input */
-    int *free_pipes;            /* pairs */
+    int *free_pipes;            /* triples: read end, write end, capacity */
     unsigned nfree_pipes;
     struct gw_pool *pools;
     unsigned nconns, max_conns;
@@ -241,9 +246,11 @@ void gw_bufpool_get(struct gw_bufpool *bp, struct gw_buf *b);
 /* Returns b's storage to the pool (or frees it if of another size). */
 void gw_bufpool_put(struct gw_bufpool *bp, struct gw_buf *b);
 
-int gw_pipe_get(struct gw_wctx *w, int fds[2]);
+/* A pipe from the worker's pool (non-blocking, sized up where the kernel
+ * allows); its capacity in *cap. */
+int gw_pipe_get(struct gw_wctx *w, int fds[2], size_t *cap);
 /* clean: the pipe is known empty and may be reused. */
-void gw_pipe_put(struct gw_wctx *w, int fds[2], bool clean);
+void gw_pipe_put(struct gw_wctx *w, int fds[2], size_t cap, bool clean);
 
 struct gw_cfgref *gw_cfgref_new(struct gw_wctx *w, struct gw_config *cfg);
 void gw_cfgref_release(struct gw_wctx *w, struct gw_cfgref *ref);
