@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -30,6 +31,28 @@ static void usage(FILE *f)
 }
 
 static uint64_t generation;
+
+/* Each client connection can hold two descriptors (itself and an upstream
+ * connection) and a splice a pipe pair; the usual soft limit of 1024 would
+ * cap a gateway far below max_connections. Raise the soft limit to the
+ * hard one, and say so when even that is short. */
+static void raise_fd_limit(const struct gw_config *cfg)
+{
+    struct rlimit rl;
+    rlim_t want = (rlim_t)cfg->limits.max_connections * 2 + 1024;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
+        gw_log_error("open-file limit is %llu, below the %llu that max_connections = %u may "
+                     "need; raise it (ulimit -n, LimitNOFILE=, docker --ulimit nofile=)",
+                     (unsigned long long)rl.rlim_cur, (unsigned long long)want,
+                     cfg->limits.max_connections);
+}
 
 static void assign_slots(struct gw_config *cfg)
 {
@@ -128,6 +151,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "gateway: signalfd: %s\n", strerror(errno));
         goto fail;
     }
+
+    raise_fd_limit(cfg);
 
     ret = gw_ring_init(&probe, 8, err, sizeof(err));
     if (ret < 0) {

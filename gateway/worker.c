@@ -42,6 +42,8 @@ struct listener {
     int fd;
     bool armed;
     struct gw_op accept_op;
+    struct gw_timer retry;  /* re-arm after a resource error (EMFILE...) */
+    uint64_t last_log_ms;
 };
 
 struct gw_worker {
@@ -83,6 +85,24 @@ static void wake(struct gw_worker *wk)
     (void)n;
 }
 
+static void arm_accept(struct listener *l)
+{
+    struct io_uring_sqe *sqe;
+
+    if (l->armed || l->fd < 0 || atomic_load(&drain_flag))
+        return;
+    sqe = gw_ring_sqe(&l->wk->ctx.ring);
+    io_uring_prep_multishot_accept(sqe, l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    gw_sqe_op(sqe, &l->accept_op);
+    l->armed = true;
+    l->wk->listeners_armed++;
+}
+
+static void on_accept_retry(struct gw_timer *t)
+{
+    arm_accept(container_of(t, struct listener, retry));
+}
+
 static void on_accept(struct gw_op *op, int res, unsigned flags)
 {
     struct listener *l = container_of(op, struct listener, accept_op);
@@ -94,18 +114,27 @@ static void on_accept(struct gw_op *op, int res, unsigned flags)
     }
     if (res >= 0) {
         gw_conn_accepted(&wk->ctx, res);
-    } else if (res != -ECANCELED && res != -EAGAIN && res != -ECONNABORTED) {
-        /* EMFILE / ENFILE / ENOMEM: the next accept may work once
-         * connections close; keep the loop alive and say so once. */
-        gw_log_error("worker %u: accept: %s", wk->ctx.id, strerror(-res));
+    } else if (res != -ECANCELED && res != -EAGAIN && res != -ECONNABORTED &&
+               res != -EINTR) {
+        /* EMFILE, ENFILE, ENOBUFS, ENOMEM: out of a resource that frees up
+         * as connections close. Accepting again at once would spin on the
+         * same error, so pause this listener briefly (as nginx does) and
+         * say so at most every ten seconds. */
+        if (gw_now_ms - l->last_log_ms >= 10000 || l->last_log_ms == 0) {
+            gw_log_error("worker %u: accept: %s; pausing accepts for 100 ms", wk->ctx.id,
+                         strerror(-res));
+            l->last_log_ms = gw_now_ms;
+        }
+        if (l->armed) {
+            struct io_uring_sqe *sqe = gw_ring_sqe(&wk->ctx.ring);
+            io_uring_prep_cancel(sqe, &l->accept_op, 0);
+            gw_sqe_op(sqe, NULL);
+        }
+        gw_timer_set(&wk->ctx.timers, &l->retry, gw_now_ms + 100);
+        return;
     }
-    if (!l->armed && l->fd >= 0 && !atomic_load(&drain_flag)) {
-        struct io_uring_sqe *sqe = gw_ring_sqe(&wk->ctx.ring);
-        io_uring_prep_multishot_accept(sqe, l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        gw_sqe_op(sqe, &l->accept_op);
-        l->armed = true;
-        wk->listeners_armed++;
-    }
+    if (!gw_timer_armed(&l->retry))
+        arm_accept(l);
 }
 
 static void on_event(struct gw_op *op, int res, unsigned flags)
@@ -180,6 +209,7 @@ static void start_drain(struct gw_worker *wk)
     wk->ctx.draining = true;
     for (unsigned i = 0; i < wk->nls; i++) {
         struct listener *l = &wk->ls[i];
+        gw_timer_cancel(&wk->ctx.timers, &l->retry);
         if (l->armed) {
             sqe = gw_ring_sqe(&wk->ctx.ring);
             io_uring_prep_cancel(sqe, &l->accept_op, 0);
@@ -237,14 +267,11 @@ static void *worker_main(void *arg)
         struct listener *l = &wk->ls[i];
         l->wk = wk;
         l->accept_op.cb = on_accept;
+        gw_timer_init(&l->retry, on_accept_retry);
         l->fd = open_listener(&cfg->listens[i].addr, true, wk->err, sizeof(wk->err));
         if (l->fd < 0)
             goto fail;
-        struct io_uring_sqe *sqe = gw_ring_sqe(&w->ring);
-        io_uring_prep_multishot_accept(sqe, l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        gw_sqe_op(sqe, &l->accept_op);
-        l->armed = true;
-        wk->listeners_armed++;
+        arm_accept(l);
     }
     wk->ev_op.cb = on_event;
     arm_event(wk);

@@ -166,7 +166,8 @@ def gateway_factory(request, tmp_path):
         started = []
         setattr(request.node, _GATEWAYS, started)
 
-    def make(upstreams=None, routes=None, limits=None, settings=None, name=None, **top):
+    def make(upstreams=None, routes=None, limits=None, settings=None, name=None,
+             preexec_fn=None, **top):
         msg = _missing_binary()
         if msg:
             raise GatewayMissing(msg)
@@ -180,6 +181,7 @@ def gateway_factory(request, tmp_path):
                 return gateway_settings(port, admin_port, upstreams, routes, limits, **top)
 
         gw = Gateway(tmp_path, settings, name=name or "gw%d" % (len(started) + 1))
+        gw.preexec_fn = preexec_fn
         started.append(gw)
         return gw.start()
 

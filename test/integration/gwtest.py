@@ -211,13 +211,16 @@ class Gateway:
                 continue  # lost the free-port race: try again with new ports
             raise GatewayStartFailed(err)
 
+    preexec_fn = None  # e.g. to set resource limits of the gateway process
+
     def _start_once(self, binary):
         self.stopped = False
         self.killed = False
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen([str(binary), "-c", str(self.config_path)],
                                          stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                         cwd=str(self.workdir), env=gateway_env())
+                                         cwd=str(self.workdir), env=gateway_env(),
+                                         preexec_fn=self.preexec_fn)
         deadline = time.monotonic() + START_TIMEOUT_S
         data_ok = False
         while time.monotonic() < deadline:
