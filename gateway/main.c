@@ -7,7 +7,6 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "io/ring.h"
-#include "proxy/ctx.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -167,8 +166,6 @@ int main(int argc, char **argv)
     }
     gw_admin.start_time = (double)gw_clock_wall_us() / 1e6;
 
-    if (getenv("GW_SPLICE_MIN"))
-        gw_splice_min = strtoull(getenv("GW_SPLICE_MIN"), NULL, 10);
     unsigned n = gw_workers_resolve(cfg->workers);
     gw_metrics_init(n);
     assign_slots(cfg);

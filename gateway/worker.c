@@ -3,6 +3,7 @@
 #include "worker.h"
 
 #include "core/clock.h"
+#include "core/list.h"
 #include "core/log.h"
 #include "core/mem.h"
 #include "core/metrics.h"
@@ -22,8 +23,6 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
 
 #define RING_ENTRIES 1024
 #define BUFRING_COUNT 1024
@@ -353,11 +352,6 @@ unsigned gw_workers_resolve(unsigned n)
     if (n == 0)
         n = cpu_count();
     return n > GW_METRICS_MAX_WORKERS ? GW_METRICS_MAX_WORKERS : n;
-}
-
-unsigned gw_workers_count(void)
-{
-    return nworkers;
 }
 
 int gw_workers_start(struct gw_config *cfg, unsigned n, char *err, size_t errlen)

@@ -31,7 +31,6 @@ bool gw_workers_done(void);
 void gw_workers_stop(void);
 void gw_workers_join(void);
 
-unsigned gw_workers_count(void);
 /* How many workers `workers = n` means here (0: one per CPU we may run on). */
 unsigned gw_workers_resolve(unsigned n);
 

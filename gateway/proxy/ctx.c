@@ -3,6 +3,7 @@
 #include "proxy/ctx.h"
 
 #include "core/clock.h"
+#include "core/list.h"
 #include "core/log.h"
 #include "core/mem.h"
 
@@ -144,7 +145,7 @@ void gw_cfgref_release(struct gw_wctx *w, struct gw_cfgref *ref)
 
 static void on_log_written(struct gw_op *op, int res, unsigned flags)
 {
-    struct gw_wctx *w = (struct gw_wctx *)((char *)op - offsetof(struct gw_wctx, log_op));
+    struct gw_wctx *w = container_of(op, struct gw_wctx, log_op);
     unsigned done = w->log_cur ^ 1;
     (void)flags;
     /* A short write of a pipe or terminal: drop the rest rather than block

@@ -21,7 +21,6 @@
 /* Bodies with at least this many bytes still to move go through a pipe
  * with splice; smaller ones are copied from the buffer we already hold. */
 #define GW_SPLICE_MIN_BYTES (64 * 1024)
-extern uint64_t gw_splice_min;
 /* Response bytes read per upstream recv in copy mode. */
 #define GW_UP_BUF_BODY (32 * 1024)
 

@@ -16,14 +16,14 @@
  * "no data on the socket". */
 #include "proxy/ctx.h"
 
+#include "core/list.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
-
-#define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
 
 /* Do not read into a pipe with less room than this: a trickle of small
  * splices costs more than waiting for the out side. */

@@ -13,6 +13,7 @@
 #include "proxy/ctx.h"
 
 #include "core/clock.h"
+#include "core/list.h"
 #include "core/log.h"
 #include "core/mem.h"
 #include "http/parse.h"
@@ -29,10 +30,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
-
-uint64_t gw_splice_min = GW_SPLICE_MIN_BYTES;
 
 static const char continue_100[] = "HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -295,6 +292,12 @@ static void set_conn_timer(struct gw_conn *c, uint32_t ms)
 /* Lets go of the upstream connection. Its ops are cancelled with it and
  * their callbacks no longer reach the request, so a send to it is no
  * longer "in flight" for us. */
+/* The counters of the server the request went to (r->server set). */
+static struct gw_server_stats *server_stats(const struct gw_req *r)
+{
+    return r->c->w->stats->servers[r->cfgref->pools[r->server->index]->stats_slot];
+}
+
 static void req_drop_up(struct gw_req *r, bool reusable)
 {
     gw_upstream_release(r, reusable);
@@ -478,12 +481,8 @@ static void respond_noreq(struct gw_conn *c, int status)
  * its framing can no longer be trusted. */
 static void req_fail(struct gw_req *r, int status, enum gw_outcome outcome)
 {
-    struct gw_wctx *w = r->c->w;
-
     if (r->server != NULL)
-        gw_stat_add(&w->stats->servers[r->cfgref->pools[r->server->index]->stats_slot]
-                         ->outcome[outcome],
-                    1);
+        gw_stat_add(&server_stats(r)->outcome[outcome], 1);
     if (r->resp_head_sent || r->pump_down_on) {
         if (r->status == 0)
             r->status = status;
@@ -594,7 +593,7 @@ static void req_advance_up(struct gw_req *r)
         r->req_phase = GW_REQ_DONE;
         goto recv;
     }
-    if (!r->body_chunked && r->body_left >= gw_splice_min) {
+    if (!r->body_chunked && r->body_left >= GW_SPLICE_MIN_BYTES) {
         c->flags |= GW_C_HOLD_RECV;
         stop_recv(c);
         if (c->flags & GW_C_RECV_ARMED)
@@ -616,11 +615,8 @@ recv:
 
 static void retry_fresh(struct gw_req *r)
 {
-    struct gw_wctx *w = r->c->w;
-
     r->req_phase = GW_REQ_SEND; /* the whole request is in uout: send it again */
-    gw_stat_add(&w->stats->servers[r->cfgref->pools[r->server->index]->stats_slot]->stale_retry,
-                1);
+    gw_stat_add(&server_stats(r)->stale_retry, 1);
     req_drop_up(r, false);
     r->attempts++;
     r->up_ready = false;
@@ -779,9 +775,7 @@ static void on_pump_up_done(struct gw_pump *p, int err)
         return;
     }
     if (err != 0) {
-        gw_stat_add(&r->c->w->stats->servers[r->cfgref->pools[r->server->index]->stats_slot]
-                         ->outcome[GW_OUTCOME_RESET],
-                    1);
+        gw_stat_add(&server_stats(r)->outcome[GW_OUTCOME_RESET], 1);
         conn_abort(r->c);
         return;
     }
@@ -805,7 +799,7 @@ static void on_resp_sent(struct gw_conn *c)
         return;
     }
     if (!r->resp_chunked && !r->resp_until_close && u->in.len == 0 &&
-        r->resp_left >= gw_splice_min) {
+        r->resp_left >= GW_SPLICE_MIN_BYTES) {
         if (gw_pump_start(&r->pump_up, c->w, u->fd, c->fd, r->resp_left, on_pump_up_done) ==
             0) {
             r->pump_up_on = true;
@@ -847,9 +841,7 @@ static void resp_body_data(struct gw_req *r)
     ssize_t k = resp_take(r);
 
     if (k < 0) {
-        gw_stat_add(&r->c->w->stats->servers[r->cfgref->pools[r->server->index]->stats_slot]
-                         ->outcome[GW_OUTCOME_BAD_RESPONSE],
-                    1);
+        gw_stat_add(&server_stats(r)->outcome[GW_OUTCOME_BAD_RESPONSE], 1);
         conn_abort(r->c);
         return;
     }
@@ -871,9 +863,7 @@ static void resp_start(struct gw_req *r, size_t head_len)
 
     r->status = q->status;
     r->resp_phase = GW_RESP_BODY;
-    gw_stat_add(&w->stats->servers[r->cfgref->pools[r->server->index]->stats_slot]
-                     ->outcome[GW_OUTCOME_SUCCESS],
-                1);
+    gw_stat_add(&server_stats(r)->outcome[GW_OUTCOME_SUCCESS], 1);
     r->resp_chunked = (q->flags & GW_MSG_CHUNKED) != 0;
     r->resp_until_close = (q->flags & GW_MSG_UNTIL_CLOSE) != 0;
     r->resp_left = (q->flags & GW_MSG_HAS_BODY) && q->content_length > 0
@@ -960,9 +950,7 @@ void gw_req_up_data(struct gw_req *r, int res)
         /* Closed or reset in the middle of the body: the client sees the
          * connection close before the announced length, which is how a
          * proxy says "truncated" in HTTP/1.1. */
-        gw_stat_add(&w->stats->servers[r->cfgref->pools[r->server->index]->stats_slot]
-                         ->outcome[GW_OUTCOME_RESET],
-                    1);
+        gw_stat_add(&server_stats(r)->outcome[GW_OUTCOME_RESET], 1);
         conn_abort(r->c);
         return;
     }

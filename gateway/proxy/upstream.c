@@ -5,27 +5,24 @@
 #include "proxy/ctx.h"
 
 #include "core/clock.h"
+#include "core/list.h"
 #include "core/log.h"
 #include "core/mem.h"
 
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
-
 enum {
     UP_CONNECTING = 1 << 0,
     UP_IDLE = 1 << 1,
     UP_CLOSING = 1 << 2,
-    UP_REUSED = 1 << 3,
-    UP_FREED = 1 << 4, /* on the free list; see upconn_free_if_done */
+    UP_FREED = 1 << 3, /* on the free list; see upconn_free_if_done */
 };
 
 static void upconn_close(struct gw_upconn *u);
@@ -223,7 +220,6 @@ bool gw_upstream_acquire(struct gw_req *r, bool fresh)
                 continue;
             }
         }
-        u->flags |= UP_REUSED;
         u->reused = true;
         u->req = r;
         p->active++;

@@ -23,6 +23,19 @@ static struct gw_request req, req2;
 static struct gw_response resp, resp2;
 static char out[16384];
 
+/* Parsing only the first `split` bytes must agree with parsing them all:
+ * a head that ended within them is found again, a complete parse is the
+ * same parse, and a prefix is never invalid unless the whole is. */
+static void check_prefix(int whole, int part, size_t split)
+{
+    if (whole > 0 && (size_t)whole <= split)
+        CHECK(part == whole);
+    else if (part > 0)
+        CHECK(part == whole);
+    else if (part == -1)
+        CHECK(whole == -1);
+}
+
 static void fuzz_request(const char *buf, size_t size, size_t split, size_t max_head)
 {
     int whole = gw_http_parse_request(buf, size, max_head, &req);
@@ -43,13 +56,7 @@ static void fuzz_request(const char *buf, size_t size, size_t split, size_t max_
         }
     }
 
-    int part = gw_http_parse_request(buf, split, max_head, &req);
-    if (whole > 0 && (size_t)whole <= split)
-        CHECK(part == whole);
-    else if (part > 0)
-        CHECK(part == whole);
-    else if (part == -1)
-        CHECK(whole == -1);
+    check_prefix(whole, gw_http_parse_request(buf, split, max_head, &req), split);
 }
 
 static void fuzz_response(const char *buf, size_t size, size_t split, size_t max_head,
@@ -72,13 +79,7 @@ static void fuzz_response(const char *buf, size_t size, size_t split, size_t max
         }
     }
 
-    int part = gw_http_parse_response(buf, split, max_head, m, &resp);
-    if (whole > 0 && (size_t)whole <= split)
-        CHECK(part == whole);
-    else if (part > 0)
-        CHECK(part == whole);
-    else if (part == -1)
-        CHECK(whole == -1);
+    check_prefix(whole, gw_http_parse_response(buf, split, max_head, m, &resp), split);
 }
 
 static void fuzz_chunked(const char *buf, size_t size, size_t split)
