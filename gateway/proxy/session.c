@@ -481,7 +481,9 @@ static void respond_noreq(struct gw_conn *c, int status)
  * its framing can no longer be trusted. */
 static void req_fail(struct gw_req *r, int status, enum gw_outcome outcome)
 {
-    if (r->server != NULL)
+    /* GW_OUTCOME_COUNT marks a client's fault (bad or oversized body):
+     * not an outcome of the upstream, and not an index into its counters. */
+    if (r->server != NULL && outcome < GW_OUTCOME_COUNT)
         gw_stat_add(&server_stats(r)->outcome[outcome], 1);
     if (r->resp_head_sent || r->pump_down_on) {
         if (r->status == 0)
