@@ -7,6 +7,9 @@
 #include "core/log.h"
 #include "core/mem.h"
 #include "core/metrics.h"
+#include "policy/breaker.h"
+#include "policy/ratelimit.h"
+#include "policy/shared.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -122,6 +125,63 @@ static void process_metrics(struct gw_text *t)
                    rss * sysconf(_SC_PAGESIZE), fds, gw_admin.start_time);
 }
 
+static void server_label(struct gw_text *t, const struct gw_server *s)
+{
+    /* names are [A-Za-z0-9_.-] and addresses are IP literals: nothing to escape */
+    gw_text_printf(t, "upstream=\"%s\",server=\"%s\"", s->upstream->name, s->addr.text);
+}
+
+/* Shared policy state of the running snapshot: breakers, rate-limit tables. */
+static void policy_metrics(struct gw_text *t)
+{
+    static const char *const state_names[] = {"closed", "half_open", "open"};
+    const struct gw_config *cfg = gw_admin.cfg;
+
+    if (cfg == NULL)
+        return;
+    gw_text_printf(t, "# HELP gateway_upstream_breaker_state Circuit state of each server: 0 "
+                      "closed, 1 half-open, 2 open.\n"
+                      "# TYPE gateway_upstream_breaker_state gauge\n");
+    for (size_t i = 0; i < cfg->nservers; i++) {
+        const struct gw_server *s = &cfg->servers[i];
+        gw_text_printf(t, "gateway_upstream_breaker_state{");
+        server_label(t, s);
+        gw_text_printf(t, "} %d\n", (int)gw_breaker_state(s->shared->breaker));
+    }
+    gw_text_printf(t, "# HELP gateway_upstream_breaker_transitions_total Circuit state changes "
+                      "of each server, by the state entered.\n"
+                      "# TYPE gateway_upstream_breaker_transitions_total counter\n");
+    for (size_t i = 0; i < cfg->nservers; i++) {
+        const struct gw_server *s = &cfg->servers[i];
+        for (int k = 0; k < 3; k++) {
+            gw_text_printf(t, "gateway_upstream_breaker_transitions_total{");
+            server_label(t, s);
+            gw_text_printf(t, ",to=\"%s\"} %llu\n", state_names[k],
+                           (unsigned long long)gw_breaker_transitions(
+                               s->shared->breaker, (enum gw_breaker_state)k));
+        }
+    }
+    gw_text_printf(t, "# HELP gateway_upstream_requests_active Requests in flight to each "
+                      "server (what max_requests caps).\n"
+                      "# TYPE gateway_upstream_requests_active gauge\n");
+    for (size_t i = 0; i < cfg->nservers; i++) {
+        const struct gw_server *s = &cfg->servers[i];
+        gw_text_printf(t, "gateway_upstream_requests_active{");
+        server_label(t, s);
+        gw_text_printf(t, "} %u\n",
+                       (unsigned)atomic_load_explicit(&s->shared->active, memory_order_relaxed));
+    }
+    gw_text_printf(t, "# HELP gateway_ratelimit_evictions_total Rate-limit keys evicted before "
+                      "their bucket had refilled (the key table is too small).\n"
+                      "# TYPE gateway_ratelimit_evictions_total counter\n");
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        const struct gw_route *r = &cfg->routes[i];
+        if (r->rl != NULL)
+            gw_text_printf(t, "gateway_ratelimit_evictions_total{route=\"%s\"} %llu\n", r->name,
+                           (unsigned long long)gw_ratelimit_evictions(r->rl));
+    }
+}
+
 static void respond(struct client *cl, int status, const char *reason, const char *ctype,
                     const char *body, size_t body_len, bool head)
 {
@@ -162,6 +222,7 @@ static void route(struct client *cl)
     } else if (strcmp(path, "/metrics") == 0) {
         struct gw_text body = {0};
         gw_metrics_render(&body);
+        policy_metrics(&body);
         process_metrics(&body);
         respond(cl, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body.p, body.len,
                 head);

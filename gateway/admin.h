@@ -18,6 +18,7 @@ struct gw_admin_state {
     uint64_t reloads_ok, reloads_failed;
     bool last_reload_ok;
     double start_time; /* seconds since the epoch */
+    const struct gw_config *cfg; /* the running snapshot (main holds it) */
 };
 
 extern struct gw_admin_state gw_admin;

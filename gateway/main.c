@@ -7,6 +7,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "io/ring.h"
+#include "policy/shared.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -63,7 +64,9 @@ static void assign_slots(struct gw_config *cfg)
     cfg->generation = ++generation;
 }
 
-static void reload(const char *path, struct gw_config *running)
+/* Returns the snapshot now running: the new one (main holds one reference
+ * on it, the old one's is dropped) or, when the file is bad, the old. */
+static struct gw_config *reload(const char *path, struct gw_config *running)
 {
     struct gw_config *cfg;
     char err[1024];
@@ -73,7 +76,7 @@ static void reload(const char *path, struct gw_config *running)
                      (unsigned long long)generation, err);
         gw_admin.reloads_failed++;
         gw_admin.last_reload_ok = false;
-        return;
+        return running;
     }
     if (cfg->workers != running->workers)
         gw_log_error("reload: 'workers' changed from %u to %u; that takes a restart",
@@ -83,13 +86,16 @@ static void reload(const char *path, struct gw_config *running)
     if (cfg->nlistens != running->nlistens)
         gw_log_error("reload: listener changes take a restart");
     assign_slots(cfg);
+    gw_policy_bind(cfg, running);
     gw_workers_publish(cfg);
     gw_log_error("reload: now serving generation %llu from %s", (unsigned long long)generation,
                  path);
     gw_admin.generation = generation;
     gw_admin.reloads_ok++;
     gw_admin.last_reload_ok = true;
-    gw_config_unref(cfg); /* the workers' publish holds it now */
+    gw_admin.cfg = cfg;
+    gw_config_unref(running);
+    return cfg;
 }
 
 int main(int argc, char **argv)
@@ -169,6 +175,9 @@ int main(int argc, char **argv)
     unsigned n = gw_workers_resolve(cfg->workers);
     gw_metrics_init(n);
     assign_slots(cfg);
+    gw_policy_seed();
+    gw_policy_bind(cfg, NULL);
+    gw_admin.cfg = cfg;
     gw_admin.generation = generation;
     gw_admin.last_reload_ok = true;
     if (gw_workers_start(cfg, n, err, sizeof(err)) != 0) {
@@ -197,7 +206,7 @@ int main(int argc, char **argv)
             gw_admin_handle(fds + 1, nfds - 1);
         while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
             if (si.ssi_signo == SIGHUP && !draining) {
-                reload(path, running);
+                running = reload(path, running);
             } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
                 if (draining) {
                     gw_log_error("second signal: exiting now");

@@ -112,7 +112,7 @@ static void on_accept(struct gw_op *op, int res, unsigned flags)
         wk->listeners_armed--;
     }
     if (res >= 0) {
-        gw_conn_accepted(&wk->ctx, res);
+        gw_conn_accepted(&wk->ctx, res, (unsigned)(l - wk->ls));
     } else if (res != -ECANCELED && res != -EAGAIN && res != -ECONNABORTED &&
                res != -EINTR) {
         /* EMFILE, ENFILE, ENOBUFS, ENOMEM: out of a resource that frees up

@@ -30,16 +30,24 @@ struct ctx {
 /* Allowed keys per group: the unknown-key check and the schema in one place. */
 static const char *const top_keys[] = {"workers",   "access_log", "drain_timeout_ms",
                                        "listen",    "admin",      "limits",
-                                       "upstreams", "routes",     NULL};
-static const char *const listen_keys[] = {"address", NULL};
+                                       "upstreams", "routes",     "trusted_proxies",
+                                       NULL};
+static const char *const listen_keys[] = {"address", "deadline_header", NULL};
 static const char *const admin_keys[] = {"address", NULL};
 static const char *const limits_keys[] = {"max_header_bytes",  "max_body_bytes",
                                           "header_timeout_ms", "idle_timeout_ms",
                                           "max_connections",   NULL};
 static const char *const upstream_keys[] = {
-    "name", "servers", "balance", "keepalive", "connect_timeout_ms", NULL};
-static const char *const route_keys[] = {"name",    "host",     "path_prefix", "path",
-                                         "methods", "upstream", "timeout_ms",  NULL};
+    "name",    "servers",      "balance",     "keepalive", "connect_timeout_ms",
+    "breaker", "max_requests", "max_pending", NULL};
+static const char *const breaker_keys[] = {"failures",     "error_rate", "window_ms",
+                                           "min_requests", "open_ms",    "half_open_requests",
+                                           "failure_status", NULL};
+static const char *const route_keys[] = {
+    "name",       "host",           "path_prefix",   "path",           "methods",
+    "upstream",   "timeout_ms",     "rate_limit",    "deadline_header", "retries",
+    "retry_on",   "retry_budget",   "try_timeout_ms", "retry_methods",  NULL};
+static const char *const rate_limit_keys[] = {"rate", "burst", "key", "headers", "max_keys", NULL};
 
 /* A member of group, or NULL when either is absent. */
 static const config_setting_t *member(const config_setting_t *group, const char *key)
@@ -161,6 +169,29 @@ static int get_bool(struct ctx *c, const config_setting_t *group, const char *ke
     return 0;
 }
 
+/* A number (integer or float) in [lo, hi], or def when absent. */
+static int get_double(struct ctx *c, const config_setting_t *group, const char *key, double lo,
+                      double hi, double def, double *out)
+{
+    const config_setting_t *s = member(group, key);
+    double v;
+
+    if (s == NULL) {
+        *out = def;
+        return 0;
+    }
+    if (config_setting_type(s) == CONFIG_TYPE_FLOAT)
+        v = config_setting_get_float(s);
+    else if (config_setting_type(s) == CONFIG_TYPE_INT || config_setting_type(s) == CONFIG_TYPE_INT64)
+        v = (double)config_setting_get_int64(s);
+    else
+        return fail(c, s, "'%s' must be a number", key);
+    if (!(v >= lo && v <= hi))
+        return fail(c, s, "'%s' must be between %g and %g, not %g", key, lo, hi, v);
+    *out = v;
+    return 0;
+}
+
 /* A string setting; *out is NULL when absent. *where is the setting (for
  * later errors about its value), or NULL. */
 static int get_string(struct ctx *c, const config_setting_t *group, const char *key,
@@ -247,6 +278,11 @@ static int check_name(struct ctx *c, const config_setting_t *s, const char *what
                     what, name, MAX_NAME);
     return 0;
 }
+
+static bool valid_token(const char *s);
+static int get_header_name(struct ctx *c, const config_setting_t *g, const char *key,
+                           bool allow_empty, char **out);
+static int parse_breaker(struct ctx *c, const config_setting_t *ug, struct gw_upstream *u);
 
 /* Returns NULL on success or why the text is not an address. */
 static const char *parse_addr(const char *text, struct gw_sockaddr *out)
@@ -364,6 +400,8 @@ static int parse_listens(struct ctx *c, const config_setting_t *root, struct gw_
             }
         }
         cfg->nlistens++;
+        if (get_header_name(c, g, "deadline_header", true, &l->deadline_header) == -1)
+            return -1;
     }
     return 0;
 }
@@ -514,6 +552,12 @@ static int parse_upstreams(struct ctx *c, const config_setting_t *root, struct g
             return -1;
         if (get_u32(c, g, "connect_timeout_ms", 1, 600000, 1000, &u->connect_timeout_ms) == -1)
             return -1;
+        if (parse_breaker(c, g, u) == -1)
+            return -1;
+        if (get_u32(c, g, "max_requests", 0, 10000000, 1024, &u->max_requests) == -1)
+            return -1;
+        if (get_u32(c, g, "max_pending", 0, 10000000, 256, &u->max_pending) == -1)
+            return -1;
     }
     return 0;
 }
@@ -638,29 +682,266 @@ static bool valid_token(const char *s)
     return true;
 }
 
-static int parse_methods(struct ctx *c, const config_setting_t *g, struct gw_route *r)
+/* A list of HTTP tokens under key (methods); *out NULL when absent. */
+static int parse_token_list(struct ctx *c, const config_setting_t *g, const char *key,
+                            const char *what, char ***out, size_t *nout)
 {
-    const config_setting_t *list = config_setting_get_member(g, "methods");
+    const config_setting_t *list = config_setting_get_member(g, key);
     int n;
 
     if (list == NULL)
         return 0;
     if (!is_list(list))
-        return fail(c, list, "'methods' must be a list of strings, as in [ \"GET\", \"HEAD\" ]");
+        return fail(c, list, "'%s' must be a list of strings, as in [ \"GET\", \"HEAD\" ]", key);
     n = config_setting_length(list);
     if (n == 0)
-        return fail(c, list, "'methods' must not be empty (leave it out to allow every method)");
-    r->methods = gw_xcalloc(n, sizeof(*r->methods));
+        return fail(c, list, "'%s' must not be empty (leave it out instead)", key);
+    *out = gw_xcalloc(n, sizeof(**out));
     for (int i = 0; i < n; i++) {
         const config_setting_t *e = config_setting_get_elem(list, i);
         const char *m;
 
         if (config_setting_type(e) != CONFIG_TYPE_STRING)
-            return fail(c, e, "each method must be a string");
+            return fail(c, e, "each %s must be a string", what);
         m = config_setting_get_string(e);
         if (!valid_token(m))
-            return fail(c, e, "invalid method \"%s\"", m);
-        r->methods[r->nmethods++] = gw_xstrdup(m);
+            return fail(c, e, "invalid %s \"%s\"", what, m);
+        (*out)[(*nout)++] = gw_xstrdup(m);
+    }
+    return 0;
+}
+
+/* A header name setting: an HTTP token, or "" (off) when allow_empty. */
+static int get_header_name(struct ctx *c, const config_setting_t *g, const char *key,
+                           bool allow_empty, char **out)
+{
+    const config_setting_t *s;
+    const char *text;
+
+    if (get_string(c, g, key, &text, &s) == -1)
+        return -1;
+    if (text == NULL)
+        return 0;
+    if (!(allow_empty && text[0] == '\0') && !valid_token(text))
+        return fail(c, s, "'%s' must be a header name, not \"%s\"", key, text);
+    *out = gw_xstrdup(text);
+    return 0;
+}
+
+static int parse_breaker(struct ctx *c, const config_setting_t *ug, struct gw_upstream *u)
+{
+    struct gw_breaker_conf *b = &u->breaker;
+    const config_setting_t *g, *list;
+    long long v;
+
+    if (get_group(c, ug, "breaker", &g) == -1)
+        return -1;
+    /* Without a block: no breaker; 5xx still count as failures for metrics. */
+    for (unsigned st = 500; st < 600; st++)
+        b->fail_status[st / 64] |= 1ull << (st % 64);
+    if (g == NULL)
+        return 0;
+    if (check_keys(c, g, breaker_keys, "breaker") == -1)
+        return -1;
+    b->enabled = true;
+    if (get_u32(c, g, "failures", 0, 1000000, 5, &b->failures) == -1)
+        return -1;
+    if (get_double(c, g, "error_rate", 0.0, 1.0, 0.0, &b->error_rate) == -1)
+        return -1;
+    if (get_u32(c, g, "window_ms", 10, 3600000, 10000, &b->window_ms) == -1)
+        return -1;
+    if (get_u32(c, g, "min_requests", 1, 1000000, 20, &b->min_requests) == -1)
+        return -1;
+    if (get_u32(c, g, "open_ms", 1, 3600000, 5000, &b->open_ms) == -1)
+        return -1;
+    if (get_u32(c, g, "half_open_requests", 1, 10000, 1, &b->half_open_requests) == -1)
+        return -1;
+    if (b->failures == 0 && b->error_rate == 0.0)
+        return fail(c, g, "breaker of upstream '%s': set 'failures' or 'error_rate' above 0",
+                    u->name);
+    list = config_setting_get_member(g, "failure_status");
+    if (list == NULL)
+        return 0;
+    if (!is_list(list) || config_setting_length(list) == 0)
+        return fail(c, list, "'failure_status' must be a non-empty list of statuses, as in "
+                             "[ 502, 503, 504 ]");
+    memset(b->fail_status, 0, sizeof(b->fail_status));
+    for (int i = 0; i < config_setting_length(list); i++) {
+        const config_setting_t *e = config_setting_get_elem(list, i);
+        if (config_setting_type(e) != CONFIG_TYPE_INT)
+            return fail(c, e, "each failure status must be an integer");
+        v = config_setting_get_int(e);
+        if (v < 400 || v > 599)
+            return fail(c, e, "failure status must be 400..599, not %lld", v);
+        b->fail_status[v / 64] |= 1ull << (v % 64);
+    }
+    return 0;
+}
+
+static int parse_rate_limit(struct ctx *c, const config_setting_t *rg, struct gw_route *r)
+{
+    struct gw_rate_limit_conf *rl = &r->rate_limit;
+    const config_setting_t *g, *ks;
+    const char *key;
+
+    if (get_group(c, rg, "rate_limit", &g) == -1)
+        return -1;
+    if (g == NULL)
+        return 0;
+    if (check_keys(c, g, rate_limit_keys, "rate_limit") == -1)
+        return -1;
+    rl->enabled = true;
+    if (member(g, "rate") == NULL)
+        return fail(c, g, "missing required key 'rate' in rate_limit of route '%s'", r->name);
+    if (get_double(c, g, "rate", 0.001, 1e9, 0, &rl->rate) == -1)
+        return -1;
+    if (get_u32(c, g, "burst", 1, 100000000, (long long)(rl->rate < 1 ? 1 : rl->rate),
+                &rl->burst) == -1)
+        return -1;
+    if (get_bool(c, g, "headers", false, &rl->headers) == -1)
+        return -1;
+    if (get_u32(c, g, "max_keys", 16, 100000000, 65536, &rl->max_keys) == -1)
+        return -1;
+    if (get_string(c, g, "key", &key, &ks) == -1)
+        return -1;
+    if (key == NULL || strcmp(key, "client_ip") == 0) {
+        rl->key = GW_RL_KEY_CLIENT_IP;
+    } else if (strcmp(key, "route") == 0) {
+        rl->key = GW_RL_KEY_ROUTE;
+    } else if (strncmp(key, "header:", 7) == 0 && valid_token(key + 7)) {
+        rl->key = GW_RL_KEY_HEADER;
+        rl->header = gw_xstrdup(key + 7);
+        rl->header_len = strlen(rl->header);
+        for (char *p = rl->header; *p; p++)
+            if (*p >= 'A' && *p <= 'Z')
+                *p = (char)(*p - 'A' + 'a');
+    } else {
+        return fail(c, ks,
+                    "'key' must be \"client_ip\", \"route\" or \"header:NAME\", not \"%s\"",
+                    key);
+    }
+    return 0;
+}
+
+static int parse_retry(struct ctx *c, const config_setting_t *g, struct gw_route *r)
+{
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } conds[] = {{"connect-failure", GW_RETRY_CONNECT_FAILURE},
+                 {"reset", GW_RETRY_RESET},
+                 {"5xx", GW_RETRY_5XX},
+                 {"timeout", GW_RETRY_TIMEOUT}};
+    const config_setting_t *list;
+
+    if (get_u32(c, g, "retries", 0, 10, 0, &r->retries) == -1)
+        return -1;
+    if (get_double(c, g, "retry_budget", 0.0, 1.0, 0.2, &r->retry_budget) == -1)
+        return -1;
+    if (get_u32(c, g, "try_timeout_ms", 0, 86400000, 0, &r->try_timeout_ms) == -1)
+        return -1;
+    if (parse_token_list(c, g, "retry_methods", "method", &r->retry_methods,
+                         &r->nretry_methods) == -1)
+        return -1;
+    list = config_setting_get_member(g, "retry_on");
+    if (list == NULL) {
+        r->retry_on = GW_RETRY_CONNECT_FAILURE | GW_RETRY_RESET;
+        return 0;
+    }
+    if (!is_list(list))
+        return fail(c, list, "'retry_on' must be a list, as in [ \"connect-failure\", \"5xx\" ]");
+    for (int i = 0; i < config_setting_length(list); i++) {
+        const config_setting_t *e = config_setting_get_elem(list, i);
+        const char *v = config_setting_type(e) == CONFIG_TYPE_STRING
+                            ? config_setting_get_string(e)
+                            : NULL;
+        size_t k;
+
+        for (k = 0; v != NULL && k < sizeof(conds) / sizeof(conds[0]); k++)
+            if (strcmp(v, conds[k].name) == 0)
+                break;
+        if (v == NULL || k == sizeof(conds) / sizeof(conds[0]))
+            return fail(c, e,
+                        "retry_on entries are \"connect-failure\", \"reset\", \"5xx\" or "
+                        "\"timeout\"");
+        r->retry_on |= conds[k].bit;
+    }
+    return 0;
+}
+
+static int parse_cidr(const char *text, struct gw_cidr *out)
+{
+    char buf[INET6_ADDRSTRLEN + 8];
+    char *slash, *end;
+    unsigned long prefix;
+    unsigned max;
+
+    if (strlen(text) >= sizeof(buf))
+        return -1;
+    strcpy(buf, text);
+    slash = strchr(buf, '/');
+    if (slash != NULL)
+        *slash = '\0';
+    if (inet_pton(AF_INET, buf, out->addr) == 1) {
+        out->family = AF_INET;
+        max = 32;
+    } else if (inet_pton(AF_INET6, buf, out->addr) == 1) {
+        out->family = AF_INET6;
+        max = 128;
+    } else {
+        return -1;
+    }
+    prefix = max;
+    if (slash != NULL) {
+        errno = 0;
+        prefix = strtoul(slash + 1, &end, 10);
+        if (slash[1] == '\0' || *end != '\0' || errno != 0 || prefix > max)
+            return -1;
+    }
+    out->prefix = (unsigned)prefix;
+    return 0;
+}
+
+bool gw_cidr_match(const struct gw_cidr *c, int family, const void *addr)
+{
+    const uint8_t *a = addr;
+    unsigned bits = c->prefix;
+
+    if (family == AF_INET6 && c->family == AF_INET) {
+        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(a, mapped, 12) != 0)
+            return false;
+        a += 12;
+        family = AF_INET;
+    }
+    if (family != c->family)
+        return false;
+    for (unsigned i = 0; bits > 0; i++, bits = bits > 8 ? bits - 8 : 0) {
+        uint8_t mask = bits >= 8 ? 0xff : (uint8_t)(0xff << (8 - bits));
+        if ((a[i] & mask) != (c->addr[i] & mask))
+            return false;
+    }
+    return true;
+}
+
+static int parse_trusted(struct ctx *c, const config_setting_t *root, struct gw_config *cfg)
+{
+    const config_setting_t *list = config_setting_get_member(root, "trusted_proxies");
+    int n;
+
+    if (list == NULL)
+        return 0;
+    if (!is_list(list))
+        return fail(c, list, "'trusted_proxies' must be a list, as in [ \"10.0.0.0/8\" ]");
+    n = config_setting_length(list);
+    cfg->trusted_proxies = gw_xcalloc(n ? n : 1, sizeof(*cfg->trusted_proxies));
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(list, i);
+        if (config_setting_type(e) != CONFIG_TYPE_STRING ||
+            parse_cidr(config_setting_get_string(e), &cfg->trusted_proxies[i]) == -1)
+            return fail(c, e, "each trusted proxy must be an IP address or CIDR block, as in "
+                              "\"10.0.0.0/8\" or \"::1\"");
+        cfg->ntrusted_proxies++;
     }
     return 0;
 }
@@ -700,7 +981,8 @@ static int parse_routes(struct ctx *c, const config_setting_t *root, struct gw_c
 
         if (get_string(c, g, "host", &host, &hs) == -1 || parse_host(c, hs, host, r) == -1)
             return -1;
-        if (parse_path(c, g, r) == -1 || parse_methods(c, g, r) == -1)
+        if (parse_path(c, g, r) == -1 ||
+            parse_token_list(c, g, "methods", "method", &r->methods, &r->nmethods) == -1)
             return -1;
         if (require_string(c, g, "upstream", "route", &up, &us) == -1)
             return -1;
@@ -710,6 +992,10 @@ static int parse_routes(struct ctx *c, const config_setting_t *root, struct gw_c
         if (r->upstream == NULL)
             return fail(c, us, "route '%s': upstream '%s' is not defined", name, up);
         if (get_u32(c, g, "timeout_ms", 1, 86400000, 30000, &r->timeout_ms) == -1)
+            return -1;
+        if (parse_rate_limit(c, g, r) == -1 || parse_retry(c, g, r) == -1)
+            return -1;
+        if (get_header_name(c, g, "deadline_header", true, &r->deadline_header) == -1)
             return -1;
     }
     return 0;
@@ -857,13 +1143,19 @@ static int parse_root(struct ctx *c, const config_setting_t *root, struct gw_con
         return -1;
     if (parse_limits(c, root, &cfg->limits) == -1)
         return -1;
+    if (parse_trusted(c, root, cfg) == -1)
+        return -1;
     if (parse_upstreams(c, root, cfg) == -1)
         return -1;
     return parse_routes(c, root, cfg);
 }
 
+void (*gw_config_on_free)(struct gw_config *cfg);
+
 static void config_free(struct gw_config *cfg)
 {
+    if (gw_config_on_free != NULL)
+        gw_config_on_free(cfg);
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         free(cfg->upstreams[i].name);
         free(cfg->upstreams[i].servers);
@@ -876,7 +1168,15 @@ static void config_free(struct gw_config *cfg)
         for (size_t j = 0; j < r->nmethods; j++)
             free(r->methods[j]);
         free(r->methods);
+        for (size_t j = 0; j < r->nretry_methods; j++)
+            free(r->retry_methods[j]);
+        free(r->retry_methods);
+        free(r->rate_limit.header);
+        free(r->deadline_header);
     }
+    for (size_t i = 0; i < cfg->nlistens; i++)
+        free(cfg->listens[i].deadline_header);
+    free(cfg->trusted_proxies);
     free(cfg->upstreams);
     free(cfg->servers);
     free(cfg->routes);

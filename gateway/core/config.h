@@ -11,6 +11,9 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+struct gw_ratelimit;
+struct gw_server_shared;
+
 enum gw_balance {
     GW_BALANCE_ROUND_ROBIN = 0,
     GW_BALANCE_LEAST_CONN,
@@ -32,6 +35,51 @@ struct gw_sockaddr {
 
 struct gw_listen {
     struct gw_sockaddr addr;
+    char *deadline_header; /* NULL: the route's (or the default) applies */
+};
+
+/* A CIDR block of trusted proxies: "10.0.0.0/8", "::1/128", "127.0.0.1". */
+struct gw_cidr {
+    int family; /* AF_INET or AF_INET6 */
+    uint8_t addr[16];
+    unsigned prefix;
+};
+
+/* Circuit breaker of each server of an upstream (policy/breaker.h). */
+struct gw_breaker_conf {
+    bool enabled;                /* a breaker block is present */
+    unsigned failures;           /* consecutive failures that open; 0 = off */
+    double error_rate;           /* failure share in the window that opens; 0 = off */
+    unsigned window_ms;
+    unsigned min_requests;
+    unsigned open_ms;
+    unsigned half_open_requests;
+    uint64_t fail_status[10];    /* bit per status 0..639: which statuses count as failures */
+};
+
+enum gw_rl_key {
+    GW_RL_KEY_CLIENT_IP = 0,
+    GW_RL_KEY_ROUTE,
+    GW_RL_KEY_HEADER,
+};
+
+struct gw_rate_limit_conf {
+    bool enabled;
+    double rate;       /* tokens per second */
+    unsigned burst;
+    enum gw_rl_key key;
+    char *header;      /* lower-case header name for GW_RL_KEY_HEADER */
+    size_t header_len;
+    unsigned max_keys; /* bounded table of per-key buckets */
+    bool headers;      /* RateLimit-* headers on admitted responses too */
+};
+
+/* Retry conditions (gw_route.retry_on bits). */
+enum {
+    GW_RETRY_CONNECT_FAILURE = 1 << 0,
+    GW_RETRY_RESET = 1 << 1,
+    GW_RETRY_5XX = 1 << 2,
+    GW_RETRY_TIMEOUT = 1 << 3,
 };
 
 struct gw_server {
@@ -39,6 +87,9 @@ struct gw_server {
     unsigned index;        /* position in gw_config.servers (all upstreams) */
     unsigned metrics_slot; /* filled by main after load (core/metrics.h) */
     struct gw_upstream *upstream;
+    /* Shared by every worker and carried over reloads by (upstream, address);
+     * set by main after load (policy/shared.h), NULL before. */
+    struct gw_server_shared *shared;
 };
 
 struct gw_upstream {
@@ -49,6 +100,9 @@ struct gw_upstream {
     unsigned keepalive;          /* idle connections kept per server per worker */
     unsigned connect_timeout_ms;
     unsigned index;
+    struct gw_breaker_conf breaker;
+    unsigned max_requests; /* concurrent requests per server, process-wide; 0 = no cap */
+    unsigned max_pending;  /* requests waiting for a new connection per server; 0 = no cap */
 };
 
 struct gw_route {
@@ -65,6 +119,18 @@ struct gw_route {
     unsigned timeout_ms; /* whole budget of one request */
     unsigned index;
     unsigned metrics_slot; /* filled by main after load */
+
+    struct gw_rate_limit_conf rate_limit;
+    /* Shared bucket state, carried over reloads by route name; set by main
+     * after load (policy/shared.h), NULL when rate_limit is off. */
+    struct gw_ratelimit *rl;
+    char *deadline_header;     /* NULL: the listener's or the default; "" = off */
+    unsigned retries;          /* extra attempts after the first */
+    unsigned retry_on;         /* GW_RETRY_* */
+    double retry_budget;       /* share of active requests that may be retries */
+    unsigned try_timeout_ms;   /* per attempt, for retry_on "timeout"; 0 = none */
+    char **retry_methods;      /* non-idempotent methods that may be retried */
+    size_t nretry_methods;
 };
 
 struct gw_limits {
@@ -90,6 +156,9 @@ struct gw_config {
 
     struct gw_limits limits;
 
+    struct gw_cidr *trusted_proxies;
+    size_t ntrusted_proxies;
+
     struct gw_upstream *upstreams;
     size_t nupstreams;
     struct gw_server *servers; /* every server of every upstream */
@@ -102,6 +171,17 @@ struct gw_config {
  * reference in *out and returns 0. On failure returns -1 and writes
  * "FILE:LINE: reason" into err. */
 int gw_config_load(const char *path, struct gw_config **out, char *err, size_t errlen);
+
+/* The default name of the deadline header, read and propagated. */
+#define GW_DEADLINE_HEADER "X-Request-Timeout-Ms"
+
+/* Called once when the snapshot is freed, before its memory goes: the owner of
+ * shared state bound to it (policy/shared.c) drops its references there. */
+extern void (*gw_config_on_free)(struct gw_config *cfg);
+
+/* Is the address (AF_INET / AF_INET6 bytes) inside the block? An IPv4-mapped
+ * IPv6 address matches IPv4 blocks. */
+bool gw_cidr_match(const struct gw_cidr *c, int family, const void *addr);
 
 struct gw_config *gw_config_ref(struct gw_config *cfg);
 /* Drops one reference; frees the snapshot with the last one. NULL is fine. */

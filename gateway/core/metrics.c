@@ -4,6 +4,8 @@
 #include "core/mem.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,6 +190,65 @@ static void render_requests(struct gw_text *out)
     }
 }
 
+static void render_route_counter(struct gw_text *out, const char *name, const char *help,
+                                 size_t field)
+{
+    gw_text_printf(out, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+    for (unsigned r = 1; r < nroutes; r++) {
+        uint64_t v = SUM_WORKERS(
+            load((_Atomic uint64_t *)((char *)ws->routes[r] + field)));
+        gw_text_printf(out, "%s{route=\"", name);
+        put_label(out, route_names[r]);
+        gw_text_printf(out, "\"} %llu\n", (unsigned long long)v);
+    }
+}
+
+static const char *const reject_names[GW_REJECT_COUNT] = {"breaker_open", "max_requests",
+                                                          "max_pending"};
+
+/* Families labelled by upstream alone: the sum over its servers' slots. */
+static void render_upstreams(struct gw_text *out)
+{
+    gw_text_printf(out, "# HELP gateway_upstream_retries_total Requests retried after a failed "
+                        "attempt, by upstream.\n# TYPE gateway_upstream_retries_total counter\n");
+    for (unsigned s = 0; s < nservers; s++) {
+        uint64_t v = 0;
+        bool first = true;
+        for (unsigned t = 0; t < nservers && first; t++)
+            if (t < s && strcmp(server_names[t].upstream, server_names[s].upstream) == 0)
+                first = false;
+        if (!first)
+            continue;
+        for (unsigned t = s; t < nservers; t++)
+            if (strcmp(server_names[t].upstream, server_names[s].upstream) == 0)
+                v += SUM_WORKERS(load(&ws->servers[t]->retries));
+        gw_text_printf(out, "gateway_upstream_retries_total{upstream=\"");
+        put_label(out, server_names[s].upstream);
+        gw_text_printf(out, "\"} %llu\n", (unsigned long long)v);
+    }
+    gw_text_printf(out, "# HELP gateway_upstream_rejected_total Requests answered 503 without "
+                        "contacting the upstream, by reason.\n"
+                        "# TYPE gateway_upstream_rejected_total counter\n");
+    for (unsigned s = 0; s < nservers; s++) {
+        bool first = true;
+        for (unsigned t = 0; t < s && first; t++)
+            if (strcmp(server_names[t].upstream, server_names[s].upstream) == 0)
+                first = false;
+        if (!first)
+            continue;
+        for (unsigned k = 0; k < GW_REJECT_COUNT; k++) {
+            uint64_t v = 0;
+            for (unsigned t = s; t < nservers; t++)
+                if (strcmp(server_names[t].upstream, server_names[s].upstream) == 0)
+                    v += SUM_WORKERS(load(&ws->servers[t]->rejected[k]));
+            gw_text_printf(out, "gateway_upstream_rejected_total{upstream=\"");
+            put_label(out, server_names[s].upstream);
+            gw_text_printf(out, "\",reason=\"%s\"} %llu\n", reject_names[k],
+                           (unsigned long long)v);
+        }
+    }
+}
+
 static void server_labels(struct gw_text *out, unsigned s)
 {
     gw_text_printf(out, "{upstream=\"");
@@ -253,7 +314,14 @@ void gw_metrics_render(struct gw_text *out)
         active += atomic_load_explicit(&workers[w]->active, memory_order_relaxed);
 
     render_requests(out);
+    render_route_counter(out, "gateway_ratelimit_rejected_total",
+                         "Requests answered 429 by the route's rate limit.",
+                         offsetof(struct gw_route_stats, ratelimited));
+    render_route_counter(out, "gateway_deadline_exceeded_total",
+                         "Requests whose time budget ran out (504, or cut mid-response).",
+                         offsetof(struct gw_route_stats, deadline_exceeded));
     render_servers(out);
+    render_upstreams(out);
     gw_text_printf(out, "# HELP gateway_connections_active Client connections open now.\n"
                         "# TYPE gateway_connections_active gauge\n"
                         "gateway_connections_active %lld\n",

@@ -34,8 +34,18 @@ enum gw_outcome {
     GW_OUTCOME_COUNT,
 };
 
+/* Why a request was answered 503 without reaching an upstream server. */
+enum gw_reject {
+    GW_REJECT_BREAKER_OPEN = 0,
+    GW_REJECT_MAX_REQUESTS,
+    GW_REJECT_MAX_PENDING,
+    GW_REJECT_COUNT,
+};
+
 struct gw_route_stats {
     _Atomic uint64_t status[600];
+    _Atomic uint64_t ratelimited;       /* answered 429 */
+    _Atomic uint64_t deadline_exceeded; /* answered 504 (or cut) for the budget */
     _Atomic uint64_t dur_bucket[GW_DURATION_BUCKETS]; /* not cumulative */
     _Atomic uint64_t dur_sum_us;
 };
@@ -45,6 +55,9 @@ struct gw_server_stats {
     _Atomic uint64_t connects;    /* new upstream connections opened */
     _Atomic uint64_t reused;      /* requests sent on a pooled connection */
     _Atomic uint64_t stale_retry; /* pooled connection found closed, retried */
+    _Atomic uint64_t retries;     /* retries after a failed attempt on this server */
+    /* 503s without upstream contact, by reason; rendered per upstream */
+    _Atomic uint64_t rejected[GW_REJECT_COUNT];
 };
 
 struct gw_worker_stats {

@@ -197,6 +197,21 @@ static bool listed(const struct scan *s, struct gw_slice name)
     return false;
 }
 
+void gw_http_put_deadline(char *p, uint64_t v)
+{
+    char tmp[GW_DEADLINE_VALUE_WIDTH];
+    int n = 0;
+
+    if (v > 9999999999ull)
+        v = 9999999999ull;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    for (int i = 0; i < GW_DEADLINE_VALUE_WIDTH; i++)
+        p[i] = i < n ? tmp[n - 1 - i] : ' ';
+}
+
 ssize_t gw_http_write_request_head(char *out, size_t cap, const struct gw_request *req,
                                    const struct gw_fwd_info *fi)
 {
@@ -245,6 +260,8 @@ ssize_t gw_http_write_request_head(char *out, size_t cap, const struct gw_reques
         case F_OTHER:
             if (listed(&s, h->name))
                 continue;
+            if (fi->deadline_header.len > 0 && ieq(h->name, fi->deadline_header))
+                continue; /* replaced by the remaining budget below */
             break;
         case F_XFF:
             /* joined into one field below */
@@ -283,6 +300,16 @@ ssize_t gw_http_write_request_head(char *out, size_t cap, const struct gw_reques
     if (!fi->request_id_present && fi->request_id.len) {
         PUT_LIT(&o, "X-Request-Id: ");
         put_slice(&o, fi->request_id);
+        PUT_LIT(&o, "\r\n");
+    }
+    if (fi->deadline_header.len > 0) {
+        char v[GW_DEADLINE_VALUE_WIDTH];
+        put_slice(&o, fi->deadline_header);
+        PUT_LIT(&o, ": ");
+        if (fi->deadline_value_off != NULL)
+            *fi->deadline_value_off = (size_t)(o.p - out);
+        gw_http_put_deadline(v, fi->deadline_ms);
+        put(&o, v, sizeof(v));
         PUT_LIT(&o, "\r\n");
     }
     if (upgrade)

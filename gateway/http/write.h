@@ -17,7 +17,15 @@ struct gw_fwd_info {
     struct gw_slice host;        /* Host to send when the request has neither a
                                     Host field nor an authority (HTTP/1.0);
                                     empty: an empty Host field */
+    struct gw_slice deadline_header; /* name of the deadline field to send; empty: none.
+                                        The client's fields of that name are dropped. */
+    uint64_t deadline_ms;            /* its value: the remaining budget */
+    size_t *deadline_value_off;      /* where to store the value's offset in the head, or NULL */
 };
+
+/* Width of the deadline value: right-padded with spaces (optional white
+ * space in HTTP), so a retry can rewrite it in place with a smaller value. */
+#define GW_DEADLINE_VALUE_WIDTH 10
 
 /* Request head for the upstream: "METHOD path HTTP/1.1", the client's
  * headers minus hop-by-hop ones (Connection and the names it lists,
@@ -29,11 +37,18 @@ struct gw_fwd_info {
  * HTTP/1.0 request without either; OPTIONS to an absolute URI without a
  * path goes out as "OPTIONS *"). When request_id_present is false the
  * client's X-Request-Id fields are dropped and fi->request_id sent instead.
+ * With fi->deadline_header set, "NAME: <deadline_ms>" is sent (value padded
+ * to GW_DEADLINE_VALUE_WIDTH; its offset in *fi->deadline_value_off) in place
+ * of the client's fields of that name.
  * Content-Length, Transfer-Encoding and Host are never dropped, even when
  * Connection names them. Returns the length written or -1 if it does not
  * fit; nothing is written past cap. */
 ssize_t gw_http_write_request_head(char *out, size_t cap, const struct gw_request *req,
                                    const struct gw_fwd_info *fi);
+
+/* Writes v into the GW_DEADLINE_VALUE_WIDTH bytes at p, left-aligned and
+ * padded with spaces (values above 9999999999 are clamped). */
+void gw_http_put_deadline(char *p, uint64_t v);
 
 /* Response head for the client: "HTTP/1.1 status reason", the upstream's
  * headers minus hop-by-hop ones (kept for a 101 upgrade), X-Request-Id, and

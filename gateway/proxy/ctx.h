@@ -91,6 +91,8 @@ struct gw_upconn {
     struct iovec iov[1];
     struct gw_req *req; /* NULL while idle or closing */
     bool reused;        /* taken from the pool, not freshly connected */
+    /* holds one of the server's max_pending places while connecting */
+    struct gw_server_shared *pending_on;
     struct gw_upconn *next;
     struct gw_timer idle_timer;
 };
@@ -116,8 +118,25 @@ struct gw_req {
     const struct gw_route *route;
     const struct gw_server *server;
     struct gw_upconn *up;
-    unsigned attempts;
+    unsigned attempts; /* stale-connection re-sends (at most one) */
     unsigned route_slot;
+
+    /* policy (see session.c "attempts and retries") */
+    const struct gw_server *avoid; /* server of the failed attempt */
+    bool holds_active;             /* one of r->server's max_requests places */
+    bool attempt_open;             /* the breaker awaits this attempt's outcome */
+    bool probe;                    /* the attempt is a half-open probe */
+    bool retrying;                 /* counted in w->retries_active */
+    bool counted_active;           /* counted in w->reqs_active */
+    unsigned retries_done;
+    uint64_t deadline_at_ms;       /* end of the whole budget */
+    size_t dl_off;                 /* deadline value in uout, when dl_on */
+    bool dl_on;
+    bool rl_headers;               /* RateLimit-* on the response */
+    uint32_t rl_limit, rl_remaining;
+    uint64_t rl_reset_ms;
+    struct gw_timer retry_timer;   /* backoff before the next attempt */
+    struct gw_timer try_timer;     /* try_timeout_ms of the attempt */
 
     /* copied out of the head for the log and for decisions after the head
      * bytes are gone */
@@ -197,6 +216,9 @@ struct gw_conn {
     struct gw_req *req;
     char peer[48];
     unsigned peer_len;
+    int peer_family;       /* AF_INET, AF_INET6 or 0 */
+    uint8_t peer_addr[16]; /* for trusted_proxies */
+    unsigned listen_index; /* which configured listener accepted it */
     unsigned requests;
     struct gw_conn *prev, *next; /* the worker's list of open connections */
 };
@@ -219,6 +241,8 @@ struct gw_wctx {
     unsigned nfree_pipes;
     struct gw_pool *pools;
     unsigned nconns, max_conns;
+    unsigned reqs_active;    /* requests past routing, for the retry budget */
+    unsigned retries_active; /* of those, requests on a retry */
     bool draining;
 
     uint64_t rid_seed, rid_seq;
@@ -258,18 +282,29 @@ void gw_log_access(struct gw_wctx *w, const struct gw_req *r);
 void gw_log_flush(struct gw_wctx *w);
 
 /* session.c */
-void gw_conn_accepted(struct gw_wctx *w, int fd);
+void gw_conn_accepted(struct gw_wctx *w, int fd, unsigned listen_index);
 /* Draining: close idle connections, make busy ones close after their
  * response. */
 void gw_conns_drain(struct gw_wctx *w);
 
 /* upstream.c */
-/* Picks a server for the request's route and gets a connection to it.
- * Returns true when a pooled connection is ready now (r->up set, no
- * callback follows). Otherwise a new connection is on its way and
- * gw_req_up_ready(r, 0 or -err) is called later, never before returning.
- * fresh: don't use a pooled connection. */
-bool gw_upstream_acquire(struct gw_req *r, bool fresh);
+enum gw_acquire {
+    GW_ACQ_READY = 0, /* a pooled connection is ready now: r->up set, no callback follows */
+    GW_ACQ_PENDING,   /* gw_req_up_ready(r, 0 or -err) comes later, never before returning */
+    GW_ACQ_REJECTED,  /* no server may take it: *why and *retry_after_ms say why */
+};
+
+/* Picks a server for the request's route, skipping servers whose circuit
+ * is open or whose max_requests are in use and trying r->avoid last, and
+ * gets a connection to it. On READY or PENDING the request holds one of the
+ * server's max_requests places (r->holds_active) and, when its breaker is
+ * on, an attempt whose outcome it must report (r->attempt_open, r->probe).
+ * fresh: the same server again on a new connection (a stale pooled one
+ * failed), without a new breaker decision. */
+enum gw_acquire gw_upstream_acquire(struct gw_req *r, bool fresh, enum gw_reject *why,
+                                    uint64_t *retry_after_ms);
+/* Gives back r's max_requests place, if it holds one. */
+void gw_upstream_put_active(struct gw_req *r);
 /* The request is done with its connection: pool it if reusable, else close. */
 void gw_upstream_release(struct gw_req *r, bool reusable);
 void gw_upconn_send(struct gw_upconn *u, const char *p, size_t n);

@@ -18,7 +18,11 @@
 #include "core/mem.h"
 #include "http/parse.h"
 #include "http/write.h"
+#include "policy/breaker.h"
+#include "policy/deadline.h"
+#include "policy/ratelimit.h"
 #include "policy/router.h"
+#include "policy/shared.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -42,6 +46,9 @@ static void req_try_finish(struct gw_req *r);
 static void req_fail(struct gw_req *r, int status, enum gw_outcome outcome);
 static void resp_send(struct gw_conn *c);
 static void tunnel_continue(struct gw_req *r);
+static void start_attempt(struct gw_req *r);
+static void req_respond_extra(struct gw_req *r, int status, bool close, const char *extra);
+static bool body_complete(const struct gw_req *r);
 
 /* ---- client socket ops -------------------------------------------------- */
 
@@ -276,6 +283,7 @@ static void on_deadline(struct gw_timer *t)
 {
     struct gw_req *r = container_of(t, struct gw_req, deadline);
 
+    gw_stat_add(&r->c->w->stats->routes[r->route_slot]->deadline_exceeded, 1);
     if (r->resp_phase == GW_RESP_WAIT)
         req_fail(r, 504, GW_OUTCOME_TIMEOUT);
     else
@@ -301,8 +309,150 @@ static struct gw_server_stats *server_stats(const struct gw_req *r)
 static void req_drop_up(struct gw_req *r, bool reusable)
 {
     gw_upstream_release(r, reusable);
+    gw_upstream_put_active(r);
+    gw_timer_cancel(&r->c->w->timers, &r->try_timer);
     r->uout_sending = false;
     r->up_ready = false;
+}
+
+/* ---- attempts and retries -----------------------------------------------
+ *
+ * One request may make several attempts, each to one server. An attempt
+ * to a server with a breaker reports its outcome exactly once: a failure
+ * (connect error, reset, timeout, a status the breaker counts) or a
+ * success when the response head arrives. A retry starts after a jittered
+ * backoff, on another server when there is one, only while the whole
+ * request is still held (uout_keep), nothing of a response reached the
+ * client, the budget has time left and the worker's retry budget allows. */
+
+static void attempt_end(struct gw_req *r, bool success)
+{
+    if (!r->attempt_open)
+        return;
+    r->attempt_open = false;
+    gw_breaker_report(r->server->shared->breaker, r->probe, success, gw_now_ms);
+    r->probe = false;
+}
+
+/* The attempt ends without an outcome (the client left): a probe's permit
+ * goes back so the breaker can send another. */
+static void attempt_cancel(struct gw_req *r)
+{
+    if (!r->attempt_open)
+        return;
+    r->attempt_open = false;
+    if (r->probe)
+        gw_breaker_cancel_probe(r->server->shared->breaker);
+    r->probe = false;
+}
+
+static unsigned retry_cond(enum gw_outcome o)
+{
+    switch (o) {
+    case GW_OUTCOME_CONNECT_ERROR:
+        return GW_RETRY_CONNECT_FAILURE;
+    case GW_OUTCOME_CONNECT_TIMEOUT:
+    case GW_OUTCOME_TIMEOUT:
+        return GW_RETRY_TIMEOUT;
+    case GW_OUTCOME_RESET:
+        return GW_RETRY_RESET;
+    default:
+        return 0;
+    }
+}
+
+static uint64_t next_rand(struct gw_wctx *w)
+{
+    uint64_t z = (w->rid_seed += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t budget_left_ms(const struct gw_req *r)
+{
+    return r->deadline_at_ms > gw_now_ms ? r->deadline_at_ms - gw_now_ms : 0;
+}
+
+/* The propagated deadline says what is left now, for this attempt. */
+static void refresh_deadline_header(struct gw_req *r)
+{
+    uint64_t left = budget_left_ms(r);
+
+    if (r->dl_on)
+        gw_http_put_deadline(r->uout.data + r->uout.off + r->dl_off, left ? left : 1);
+}
+
+/* After a failed attempt (already reported): schedules another one if the
+ * rules allow. Returns false when the caller should answer the failure. */
+static bool try_retry(struct gw_req *r, unsigned cond)
+{
+    const struct gw_route *rt = r->route;
+    struct gw_wctx *w = r->c->w;
+    unsigned backoff;
+
+    if (cond == 0 || !(rt->retry_on & cond) || r->retries_done >= rt->retries)
+        return false;
+    if (!r->uout_keep || r->resp_head_sent || r->pump_down_on || r->pump_up_on || r->aborting ||
+        (r->c->flags & GW_C_CLOSING))
+        return false;
+    if (!gw_retry_method_allowed(rt, r->method, gw_slice(r->method_str, r->method_len)))
+        return false;
+    backoff = gw_retry_backoff_ms(r->retries_done + 1, next_rand(w));
+    if (gw_now_ms + backoff >= r->deadline_at_ms)
+        return false; /* no time left for another try */
+    if (!r->retrying && !gw_retry_budget_allows(w->reqs_active, w->retries_active, rt->retry_budget))
+        return false;
+    gw_stat_add(&server_stats(r)->retries, 1);
+    r->avoid = r->server;
+    req_drop_up(r, false);
+    r->retries_done++;
+    if (!r->retrying) {
+        r->retrying = true;
+        w->retries_active++;
+    }
+    r->req_phase = GW_REQ_SEND;
+    r->resp_phase = GW_RESP_WAIT;
+    r->up_recv_started = false;
+    r->uout_sent = 0;
+    r->status = 0;
+    gw_timer_set(&w->timers, &r->retry_timer, gw_now_ms + backoff);
+    return true;
+}
+
+static void on_retry_timer(struct gw_timer *t)
+{
+    struct gw_req *r = container_of(t, struct gw_req, retry_timer);
+
+    if (r->aborting || r->resp_phase != GW_RESP_WAIT)
+        return;
+    refresh_deadline_header(r);
+    start_attempt(r);
+}
+
+static void on_try_timeout(struct gw_timer *t);
+
+/* Gets a server and a connection for the next attempt, or answers 503
+ * when no server may take it. */
+static void start_attempt(struct gw_req *r)
+{
+    enum gw_reject why = GW_REJECT_BREAKER_OPEN;
+    uint64_t after = 0;
+    char extra[64];
+
+    enum gw_acquire got = gw_upstream_acquire(r, false, &why, &after);
+
+    if (got != GW_ACQ_REJECTED) {
+        if (r->route->try_timeout_ms > 0)
+            gw_timer_set(&r->c->w->timers, &r->try_timer,
+                         gw_now_ms + r->route->try_timeout_ms);
+        if (got == GW_ACQ_READY)
+            gw_req_up_ready(r, 0);
+        return;
+    }
+    snprintf(extra, sizeof(extra), "Retry-After: %llu\r\n",
+             (unsigned long long)(after > 0 ? (after + 999) / 1000 : 1));
+    req_respond_extra(r, 503, !body_complete(r), extra);
 }
 
 
@@ -324,6 +474,8 @@ static struct gw_req *req_new(struct gw_conn *c)
     r->pump_up.pipe[0] = r->pump_up.pipe[1] = -1;
     r->pump_down.pipe[0] = r->pump_down.pipe[1] = -1;
     gw_timer_init(&r->deadline, on_deadline);
+    gw_timer_init(&r->retry_timer, on_retry_timer);
+    gw_timer_init(&r->try_timer, on_try_timeout);
     c->req = r;
     return r;
 }
@@ -382,8 +534,14 @@ static void req_finish(struct gw_req *r)
             gw_log_access(w, r);
     }
     gw_timer_cancel(&w->timers, &r->deadline);
+    gw_timer_cancel(&w->timers, &r->retry_timer);
+    attempt_cancel(r);
     req_drop_up(r, r->up_reusable && r->req_phase == GW_REQ_DONE &&
                        r->resp_phase == GW_RESP_DONE);
+    if (r->counted_active)
+        w->reqs_active--;
+    if (r->retrying)
+        w->retries_active--;
     gw_bufpool_put(&w->in_pool, &r->uout);
     if (!(c->flags & GW_C_SEND_BUSY))
         gw_bufpool_put(&w->out_pool, &c->out);
@@ -452,7 +610,7 @@ static void send_out(struct gw_conn *c)
 /* Answers the request with a response of our own and ends it. The
  * connection closes afterwards when close is set or the request's body was
  * not consumed. */
-static void req_respond(struct gw_req *r, int status, bool close)
+static void req_respond_extra(struct gw_req *r, int status, bool close, const char *extra)
 {
     struct gw_conn *c = r->c;
     char body[64];
@@ -461,11 +619,16 @@ static void req_respond(struct gw_req *r, int status, bool close)
     r->resp_phase = GW_RESP_DONE;
     r->client_close = r->client_close || close;
     snprintf(body, sizeof(body), "%d %s\n", status, gw_http_reason(status));
-    gw_respond_build(c, status, r->client_close, NULL, body);
+    gw_respond_build(c, status, r->client_close, extra, body);
     if (c->flags & GW_C_SEND_BUSY)
         c->deferred = send_out;
     else
         send_out(c);
+}
+
+static void req_respond(struct gw_req *r, int status, bool close)
+{
+    req_respond_extra(r, status, close, NULL);
 }
 
 static void respond_noreq(struct gw_conn *c, int status)
@@ -483,8 +646,12 @@ static void req_fail(struct gw_req *r, int status, enum gw_outcome outcome)
 {
     /* GW_OUTCOME_COUNT marks a client's fault (bad or oversized body):
      * not an outcome of the upstream, and not an index into its counters. */
-    if (r->server != NULL && outcome < GW_OUTCOME_COUNT)
+    if (r->server != NULL && outcome < GW_OUTCOME_COUNT) {
         gw_stat_add(&server_stats(r)->outcome[outcome], 1);
+        attempt_end(r, false);
+        if (try_retry(r, retry_cond(outcome)))
+            return;
+    }
     if (r->resp_head_sent || r->pump_down_on) {
         if (r->status == 0)
             r->status = status;
@@ -617,6 +784,9 @@ recv:
 
 static void retry_fresh(struct gw_req *r)
 {
+    enum gw_reject why;
+    uint64_t after;
+
     r->req_phase = GW_REQ_SEND; /* the whole request is in uout: send it again */
     gw_stat_add(&server_stats(r)->stale_retry, 1);
     req_drop_up(r, false);
@@ -624,8 +794,17 @@ static void retry_fresh(struct gw_req *r)
     r->up_ready = false;
     r->up_recv_started = false;
     r->uout_sent = 0;
-    if (gw_upstream_acquire(r, true))
-        gw_req_up_ready(r, 0);
+    refresh_deadline_header(r);
+    if (gw_upstream_acquire(r, true, &why, &after) == GW_ACQ_REJECTED)
+        req_respond_extra(r, 503, false, "Retry-After: 1\r\n");
+}
+
+static void on_try_timeout(struct gw_timer *t)
+{
+    struct gw_req *r = container_of(t, struct gw_req, try_timer);
+
+    if (r->resp_phase == GW_RESP_WAIT && !r->aborting)
+        req_fail(r, 504, GW_OUTCOME_TIMEOUT);
 }
 
 /* A pooled connection the server had closed fails on first use. The
@@ -863,9 +1042,13 @@ static void resp_start(struct gw_req *r, size_t head_len)
     const struct gw_response *q = &w->presp;
     ssize_t n;
 
+    gw_timer_cancel(&w->timers, &r->try_timer);
+    gw_stat_add(&server_stats(r)->outcome[GW_OUTCOME_SUCCESS], 1);
+    attempt_end(r, !gw_breaker_status_fails(&r->route->upstream->breaker, q->status));
+    if (q->status >= 500 && try_retry(r, GW_RETRY_5XX))
+        return; /* the response is dropped with its connection */
     r->status = q->status;
     r->resp_phase = GW_RESP_BODY;
-    gw_stat_add(&server_stats(r)->outcome[GW_OUTCOME_SUCCESS], 1);
     r->resp_chunked = (q->flags & GW_MSG_CHUNKED) != 0;
     r->resp_until_close = (q->flags & GW_MSG_UNTIL_CLOSE) != 0;
     r->resp_left = (q->flags & GW_MSG_HAS_BODY) && q->content_length > 0
@@ -881,6 +1064,15 @@ static void resp_start(struct gw_req *r, size_t head_len)
     n = gw_http_write_response_head(c->out.data, c->out.cap, q, gw_slice(r->rid, r->rid_len),
                                     r->client_close && q->status != 101, r->client_minor);
     gw_buf_consume(&r->up->in, head_len);
+    if (n >= 2 && r->rl_headers) {
+        /* RateLimit-* go in before the blank line that ends the head. */
+        int k = snprintf(c->out.data + n - 2, c->out.cap - (size_t)n + 2,
+                         "RateLimit-Limit: %u\r\nRateLimit-Remaining: %u\r\n"
+                         "RateLimit-Reset: %llu\r\n\r\n",
+                         r->rl_limit, r->rl_remaining,
+                         (unsigned long long)((r->rl_reset_ms + 999) / 1000));
+        n = k > 0 && (size_t)k < c->out.cap - (size_t)n + 2 ? n - 2 + k : -1;
+    }
     if (n < 0) {
         r->resp_phase = GW_RESP_WAIT;
         req_fail(r, 502, GW_OUTCOME_BAD_RESPONSE);
@@ -1095,6 +1287,138 @@ static void tunnel_start_sent(struct gw_conn *c)
 
 /* ---- request start ------------------------------------------------------ */
 
+static bool is_trusted(const struct gw_config *cfg, int family, const void *addr)
+{
+    for (size_t i = 0; i < cfg->ntrusted_proxies; i++)
+        if (gw_cidr_match(&cfg->trusted_proxies[i], family, addr))
+            return true;
+    return false;
+}
+
+static bool trusted_text(const struct gw_config *cfg, struct gw_slice s)
+{
+    char buf[INET6_ADDRSTRLEN];
+    uint8_t a[16];
+
+    if (s.len == 0 || s.len >= sizeof(buf))
+        return false;
+    memcpy(buf, s.ptr, s.len);
+    buf[s.len] = '\0';
+    if (inet_pton(AF_INET, buf, a) == 1)
+        return is_trusted(cfg, AF_INET, a);
+    if (inet_pton(AF_INET6, buf, a) == 1)
+        return is_trusted(cfg, AF_INET6, a);
+    return false;
+}
+
+/* The client's address for rate limiting: the peer, or, when the peer is a
+ * trusted proxy, the nearest X-Forwarded-For entry that is not one. The
+ * list is walked from the right (the entry our trusted peer added) because
+ * everything to the left of the first untrusted hop is the client's to
+ * make up. With every entry trusted, the left-most is the client. */
+static struct gw_slice client_address(const struct gw_conn *c, const struct gw_config *cfg,
+                                      const struct gw_request *q)
+{
+    struct gw_slice last = {NULL, 0};
+
+    if (cfg->ntrusted_proxies == 0 || c->peer_family == 0 ||
+        !is_trusted(cfg, c->peer_family, c->peer_addr))
+        return gw_slice(c->peer, c->peer_len);
+    for (size_t i = q->nheaders; i-- > 0;) {
+        const struct gw_header *h = &q->headers[i];
+        const char *p, *end;
+
+        if (!gw_slice_ieq(h->name, "x-forwarded-for"))
+            continue;
+        end = h->value.ptr + h->value.len;
+        while (end > h->value.ptr) {
+            const char *e = end, *b;
+            p = end;
+            while (p > h->value.ptr && p[-1] != ',')
+                p--;
+            end = p > h->value.ptr ? p - 1 : p;
+            b = p;
+            while (b < e && (*b == ' ' || *b == '\t'))
+                b++;
+            while (e > b && (e[-1] == ' ' || e[-1] == '\t'))
+                e--;
+            if (e == b)
+                continue;
+            last = gw_slice(b, (size_t)(e - b));
+            if (!trusted_text(cfg, last))
+                return last;
+        }
+    }
+    return last.len ? last : gw_slice(c->peer, c->peer_len);
+}
+
+/* Takes a token from the route's bucket for this request. Returns false
+ * after answering 429. */
+static bool rate_limit_admits(struct gw_req *r, const struct gw_request *q)
+{
+    const struct gw_route *rt = r->route;
+    const struct gw_rate_limit_conf *rc = &rt->rate_limit;
+    struct gw_wctx *w = r->c->w;
+    struct gw_ratelimit_result res;
+    struct gw_slice key = {NULL, 0};
+    uint64_t hash = 0;
+    bool by_header = false;
+    char extra[192];
+
+    if (rt->rl == NULL)
+        return true;
+    if (rc->key == GW_RL_KEY_HEADER) {
+        const struct gw_header *h = gw_http_find_header(q->headers, q->nheaders, rc->header);
+        if (h != NULL && h->value.len > 0) {
+            key = h->value;
+            by_header = true;
+        }
+    }
+    /* A request without the keying header is limited by its address, so
+     * leaving the header out is no way around the limit. */
+    if (rc->key != GW_RL_KEY_ROUTE && key.len == 0)
+        key = client_address(r->c, r->cfgref->cfg, q);
+    if (rc->key != GW_RL_KEY_ROUTE) {
+        uint64_t seed = gw_policy_seed();
+        /* Header values and addresses hash apart: a header holding an
+         * address shares no bucket with that address. */
+        if (by_header)
+            seed ^= 0xa0761d6478bd642full;
+        hash = gw_ratelimit_hash(key.ptr, key.len, seed);
+    }
+    gw_ratelimit_take(rt->rl, hash, gw_clock_us(), &res);
+    if (res.allowed) {
+        if (rc->headers) {
+            r->rl_headers = true;
+            r->rl_limit = res.limit;
+            r->rl_remaining = res.remaining;
+            r->rl_reset_ms = res.reset_ms;
+        }
+        return true;
+    }
+    gw_stat_add(&w->stats->routes[r->route_slot]->ratelimited, 1);
+    snprintf(extra, sizeof(extra),
+             "Retry-After: %llu\r\nRateLimit-Limit: %u\r\nRateLimit-Remaining: 0\r\n"
+             "RateLimit-Reset: %llu\r\n",
+             (unsigned long long)((res.retry_after_ms + 999) / 1000), res.limit,
+             (unsigned long long)((res.reset_ms + 999) / 1000));
+    req_respond_extra(r, 429, (q->flags & GW_MSG_HAS_BODY) != 0, extra);
+    return false;
+}
+
+/* The deadline header of this request's route or listener; NULL: none. */
+static const char *deadline_header(const struct gw_req *r)
+{
+    const struct gw_config *cfg = r->cfgref->cfg;
+    const char *name = r->route->deadline_header;
+
+    if (name == NULL && r->c->listen_index < cfg->nlistens)
+        name = cfg->listens[r->c->listen_index].deadline_header;
+    if (name == NULL)
+        name = GW_DEADLINE_HEADER;
+    return name[0] != '\0' ? name : NULL;
+}
+
 static void req_start(struct gw_conn *c, size_t head_len)
 {
     struct gw_wctx *w = c->w;
@@ -1102,6 +1426,10 @@ static void req_start(struct gw_conn *c, size_t head_len)
     const struct gw_config *cfg = w->cur->cfg;
     struct gw_req *r;
     struct gw_fwd_info fi;
+    const char *dl_name = NULL;
+    size_t dl_off = 0;
+    int64_t client_ms = -1;
+    uint64_t budget;
     ssize_t n;
 
     gw_timer_cancel(&w->timers, &c->timer);
@@ -1120,6 +1448,26 @@ static void req_start(struct gw_conn *c, size_t head_len)
         req_respond(r, 413, true);
         return;
     }
+    r->counted_active = true;
+    w->reqs_active++;
+    if (!rate_limit_admits(r, q)) {
+        gw_buf_consume(&c->in, head_len);
+        return;
+    }
+    dl_name = deadline_header(r);
+    if (dl_name != NULL) {
+        const struct gw_header *h = gw_http_find_header(q->headers, q->nheaders, dl_name);
+        client_ms = h != NULL ? gw_deadline_parse(h->value) : -1;
+    }
+    budget = gw_deadline_budget(r->route->timeout_ms, client_ms);
+    if (budget == 0) {
+        /* Already out of time: the caller has given up by now. */
+        gw_stat_add(&w->stats->routes[r->route_slot]->deadline_exceeded, 1);
+        gw_buf_consume(&c->in, head_len);
+        req_respond(r, 504, (q->flags & GW_MSG_HAS_BODY) != 0);
+        return;
+    }
+    r->deadline_at_ms = gw_now_ms + budget;
     r->body_chunked = (q->flags & GW_MSG_CHUNKED) != 0;
     r->body_left = q->content_length > 0 ? (uint64_t)q->content_length : 0;
     gw_chunked_init(&r->chunk);
@@ -1133,6 +1481,11 @@ static void req_start(struct gw_conn *c, size_t head_len)
     fi.proto = GW_SLICE_LIT("http");
     fi.request_id = gw_slice(r->rid, r->rid_len);
     fi.request_id_present = gw_http_find_header(q->headers, q->nheaders, "x-request-id") != NULL;
+    if (dl_name != NULL) {
+        fi.deadline_header = gw_slice(dl_name, strlen(dl_name));
+        fi.deadline_ms = budget;
+        fi.deadline_value_off = &dl_off;
+    }
     n = gw_http_write_request_head(r->uout.data, r->uout.cap, q, &fi);
     gw_buf_consume(&c->in, head_len);
     if (n < 0) {
@@ -1140,7 +1493,9 @@ static void req_start(struct gw_conn *c, size_t head_len)
         return;
     }
     r->uout.len = (size_t)n;
-    gw_timer_set(&w->timers, &r->deadline, gw_now_ms + r->route->timeout_ms);
+    r->dl_on = dl_name != NULL;
+    r->dl_off = dl_off;
+    gw_timer_set(&w->timers, &r->deadline, r->deadline_at_ms);
 
     /* Body bytes that came with the head travel in the same send. If the
      * whole request fits, keep it for one retry on a fresh connection. */
@@ -1162,8 +1517,7 @@ static void req_start(struct gw_conn *c, size_t head_len)
         c->iov[0].iov_len = sizeof(continue_100) - 1;
         c_send(c, 1, NULL);
     }
-    if (gw_upstream_acquire(r, false))
-        gw_req_up_ready(r, 0);
+    start_attempt(r);
 }
 
 /* No request in progress: parse the next head from c->in, or wait. */
@@ -1274,7 +1628,7 @@ static void conn_closing_progress(struct gw_conn *c)
         conn_free_if_done(c);
 }
 
-void gw_conn_accepted(struct gw_wctx *w, int fd)
+void gw_conn_accepted(struct gw_wctx *w, int fd, unsigned listen_index)
 {
     struct gw_conn *c;
     struct sockaddr_storage ss;
@@ -1295,6 +1649,7 @@ void gw_conn_accepted(struct gw_wctx *w, int fd)
     c->fd = fd;
     c->recv_op.cb = on_recv;
     c->send_op.cb = on_send;
+    c->listen_index = listen_index;
     gw_timer_init(&c->timer, on_conn_timer);
     c->next = w->conns;
     if (w->conns)
@@ -1310,10 +1665,15 @@ void gw_conn_accepted(struct gw_wctx *w, int fd)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){1}, sizeof(int));
     if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
         char host[INET6_ADDRSTRLEN] = "";
-        if (ss.ss_family == AF_INET)
+        if (ss.ss_family == AF_INET) {
             inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, host, sizeof(host));
-        else if (ss.ss_family == AF_INET6)
+            c->peer_family = AF_INET;
+            memcpy(c->peer_addr, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+        } else if (ss.ss_family == AF_INET6) {
             inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, host, sizeof(host));
+            c->peer_family = AF_INET6;
+            memcpy(c->peer_addr, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+        }
         c->peer_len = (unsigned)strlen(host);
         memcpy(c->peer, host, c->peer_len);
     }

@@ -8,6 +8,8 @@
 #include "core/list.h"
 #include "core/log.h"
 #include "core/mem.h"
+#include "policy/breaker.h"
+#include "policy/shared.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -26,6 +28,7 @@ enum {
 };
 
 static void upconn_close(struct gw_upconn *u);
+static void put_pending(struct gw_upconn *u);
 
 static void upconn_free_if_done(struct gw_upconn *u)
 {
@@ -67,6 +70,7 @@ static void upconn_close(struct gw_upconn *u)
         idle_remove(u);
     else if (u->req != NULL || (u->flags & UP_CONNECTING))
         u->pool->active--;
+    put_pending(u);
     u->flags |= UP_CLOSING;
     u->req = NULL;
     if (u->refs > 0) {
@@ -90,6 +94,7 @@ static void on_connect(struct gw_op *op, int res, unsigned flags)
     (void)flags;
     u->refs--;
     u->flags &= ~UP_CONNECTING;
+    put_pending(u);
     if (u->flags & UP_CLOSING) {
         upconn_free_if_done(u);
         return;
@@ -165,42 +170,133 @@ static struct gw_upconn *upconn_new(struct gw_wctx *w, struct gw_pool *p)
     return u;
 }
 
-static const struct gw_server *pick_server(struct gw_req *r)
+/* May s take the request? Takes one of its max_requests places and, when
+ * its breaker is on, asks it; gives the place back when the breaker says
+ * no. */
+static bool server_admits(struct gw_req *r, const struct gw_server *s, bool *breaker_said_no,
+                          uint64_t *retry_after_ms)
+{
+    const struct gw_upstream *up = s->upstream;
+    struct gw_server_shared *sh = s->shared;
+    enum gw_breaker_verdict v;
+    uint64_t after = 0;
+
+    if (!gw_breaker_limit_take(&sh->active, up->max_requests))
+        return false;
+    if (!up->breaker.enabled) {
+        r->attempt_open = false;
+        r->probe = false;
+        r->holds_active = true;
+        return true;
+    }
+    v = gw_breaker_allow(sh->breaker, gw_now_ms, &after);
+    if (v == GW_BREAKER_DENY) {
+        gw_breaker_limit_put(&sh->active);
+        *breaker_said_no = true;
+        if (*retry_after_ms == 0 || after < *retry_after_ms)
+            *retry_after_ms = after;
+        return false;
+    }
+    r->attempt_open = true;
+    r->probe = v == GW_BREAKER_PROBE;
+    r->holds_active = true;
+    return true;
+}
+
+/* Chooses the server for a new attempt: round robin or least_conn over
+ * the servers that admit it; the server of the failed attempt last. */
+static const struct gw_server *pick_server(struct gw_req *r, enum gw_reject *why,
+                                           uint64_t *retry_after_ms)
 {
     const struct gw_upstream *up = r->route->upstream;
     struct gw_cfgref *ref = r->cfgref;
     unsigned start = ref->rr[up->index]++;
+    size_t n = up->nservers;
+    bool tried[256] = {false}, breaker_no = false;
 
-    if (up->nservers == 1)
-        return up->servers[0];
-    if (up->balance == GW_BALANCE_LEAST_CONN) {
+    *retry_after_ms = 0;
+    for (size_t round = 0; round < n; round++) {
         const struct gw_server *best = NULL;
+        size_t best_i = 0;
         unsigned best_load = ~0u;
-        for (size_t i = 0; i < up->nservers; i++) {
-            const struct gw_server *s = up->servers[(start + i) % up->nservers];
-            unsigned load = ref->pools[s->index]->active;
-            if (load < best_load) {
+
+        for (size_t k = 0; k < n; k++) {
+            size_t i = (start + k) % n;
+            const struct gw_server *s = up->servers[i];
+            unsigned load;
+
+            if (tried[i])
+                continue;
+            /* The failed server only when nothing else is left. */
+            load = up->balance == GW_BALANCE_LEAST_CONN ? ref->pools[s->index]->active : 0;
+            if (s == r->avoid && n > 1)
+                load = ~0u - 1;
+            if (best == NULL || load < best_load) {
                 best = s;
+                best_i = i;
                 best_load = load;
             }
+            if (up->balance != GW_BALANCE_LEAST_CONN && s != r->avoid)
+                break; /* round robin: the first in turn */
         }
-        return best;
+        if (best == NULL)
+            break;
+        tried[best_i] = true;
+        if (server_admits(r, best, &breaker_no, retry_after_ms))
+            return best;
     }
-    return up->servers[start % up->nservers];
+    *why = breaker_no ? GW_REJECT_BREAKER_OPEN : GW_REJECT_MAX_REQUESTS;
+    if (!breaker_no)
+        *retry_after_ms = 1000;
+    return NULL;
 }
 
-bool gw_upstream_acquire(struct gw_req *r, bool fresh)
+void gw_upstream_put_active(struct gw_req *r)
+{
+    if (!r->holds_active)
+        return;
+    r->holds_active = false;
+    gw_breaker_limit_put(&r->server->shared->active);
+}
+
+static void put_pending(struct gw_upconn *u)
+{
+    if (u->pending_on != NULL) {
+        gw_breaker_limit_put(&u->pending_on->pending);
+        u->pending_on = NULL;
+    }
+}
+
+enum gw_acquire gw_upstream_acquire(struct gw_req *r, bool fresh, enum gw_reject *why,
+                                    uint64_t *retry_after_ms)
 {
     struct gw_wctx *w = r->c->w;
     struct gw_pool *p;
     struct gw_upconn *u;
     struct io_uring_sqe *sqe;
     struct gw_server_stats *ss;
+    struct gw_server_shared *sh;
     unsigned timeout_ms;
     int fd, one = 1;
 
-    if (!fresh || r->server == NULL)
-        r->server = pick_server(r);
+    if (!fresh || r->server == NULL) {
+        const struct gw_server *s = pick_server(r, why, retry_after_ms);
+        if (s == NULL) {
+            /* Counted on the upstream's first server: the family is
+             * rendered per upstream. */
+            const struct gw_server *s0 = r->route->upstream->servers[0];
+            ss = w->stats->servers[r->cfgref->pools[s0->index]->stats_slot];
+            gw_stat_add(&ss->rejected[*why], 1);
+            return GW_ACQ_REJECTED;
+        }
+        r->server = s;
+    } else {
+        /* the same attempt again: its place was given back with the
+         * stale connection */
+        gw_breaker_limit_take(&r->server->shared->active, 0);
+        r->holds_active = true;
+    }
+    sh = r->server->shared;
     p = r->cfgref->pools[r->server->index];
     ss = w->stats->servers[p->stats_slot];
 
@@ -225,18 +321,30 @@ bool gw_upstream_acquire(struct gw_req *r, bool fresh)
         p->active++;
         r->up = u;
         gw_stat_add(&ss->reused, 1);
-        return true;
+        return GW_ACQ_READY;
     }
 
+    if (!gw_breaker_limit_take(&sh->pending, r->route->upstream->max_pending)) {
+        *why = GW_REJECT_MAX_PENDING;
+        *retry_after_ms = 1000;
+        gw_stat_add(&ss->rejected[*why], 1);
+        gw_upstream_put_active(r);
+        if (r->probe)
+            gw_breaker_cancel_probe(sh->breaker);
+        r->attempt_open = r->probe = false;
+        return GW_ACQ_REJECTED;
+    }
     fd = socket(p->addr.sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd == -1) {
         int err = -errno;
+        gw_breaker_limit_put(&sh->pending);
         gw_log_error("socket for upstream %s: %s", p->addr.text, strerror(-err));
         gw_req_defer_error(r, err);
-        return false;
+        return GW_ACQ_PENDING;
     }
     u = upconn_new(w, p);
     u->req = r;
+    u->pending_on = sh;
     r->up = u;
     p->active++;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -256,7 +364,7 @@ bool gw_upstream_acquire(struct gw_req *r, bool fresh)
     sqe = gw_ring_sqe(&w->ring);
     io_uring_prep_link_timeout(sqe, &u->connect_ts, 0);
     gw_sqe_op(sqe, NULL);
-    return false;
+    return GW_ACQ_PENDING;
 }
 
 void gw_upstream_release(struct gw_req *r, bool reusable)
