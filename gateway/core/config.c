@@ -834,7 +834,7 @@ static int parse_retry(struct ctx *c, const config_setting_t *g, struct gw_route
                  {"timeout", GW_RETRY_TIMEOUT}};
     const config_setting_t *list;
 
-    if (get_u32(c, g, "retries", 0, 10, 0, &r->retries) == -1)
+    if (get_u32(c, g, "retries", 0, 10, 1, &r->retries) == -1)
         return -1;
     if (get_double(c, g, "retry_budget", 0.0, 1.0, 0.2, &r->retry_budget) == -1)
         return -1;

@@ -15,13 +15,13 @@
  * twice. Times are kept in nanoseconds, so T is an integer, exact for any
  * rate whose interval is a whole number of ns (10000/s: 100000 ns, 0.5/s:
  * 2e9 ns) and otherwise rounded down by less than 1 ns: a limit is never
- * served below its rate, and R * t tokens over t seconds holds except
- * within about t * R / T of a token boundary. The take path has no
- * floating point.
+ * served below its rate, and B + floor(R * t) over t seconds is off by one
+ * (one more) only when R * t falls short of a whole number by less than
+ * R * t / T. The take path has no floating point.
  *
- * Orders are relaxed throughout: each bucket is a single atomic word and no
- * other memory is published through it, so a CAS on the word itself is all
- * the synchronisation a take needs.
+ * The take path's orders are all relaxed: each bucket is a single atomic
+ * word and no other memory is published through it, so a CAS on the word
+ * itself is all the synchronisation a take needs.
  *
  * The per-key table is set-associative: a key's low bits pick a set of 8
  * entries and the key is looked up in those 8 only, so a lookup touches
@@ -184,13 +184,15 @@ static struct entry *lookup(struct gw_ratelimit *rl, uint64_t key, uint64_t now_
         int empty = -1, full = -1, lru = 0, v;
 
         for (int i = 0; i < WAYS; i++) {
+            uint64_t last;
+
             keys[i] = atomic_load_explicit(&set[i].key, memory_order_relaxed);
             if (keys[i] == key) {
                 atomic_store_explicit(&set[i].last_us, now_us, memory_order_relaxed);
                 return &set[i];
             }
-            tats[i] = 0;
             if (keys[i] == 0) {
+                tats[i] = 0;
                 if (empty < 0)
                     empty = i;
                 continue;
@@ -198,7 +200,7 @@ static struct entry *lookup(struct gw_ratelimit *rl, uint64_t key, uint64_t now_
             tats[i] = atomic_load_explicit(&set[i].tat_ns, memory_order_relaxed);
             if (tats[i] <= now_ns && full < 0)
                 full = i;
-            uint64_t last = atomic_load_explicit(&set[i].last_us, memory_order_relaxed);
+            last = atomic_load_explicit(&set[i].last_us, memory_order_relaxed);
             if (last < lru_last) {
                 lru_last = last;
                 lru = i;
@@ -261,7 +263,8 @@ void gw_ratelimit_take(struct gw_ratelimit *rl, uint64_t key_hash, uint64_t now_
 }
 
 /* 64x64 -> 128-bit multiply folded to 64 bits (as in wyhash/foldhash):
- * every output bit depends on every input bit of both operands. */
+ * the xor of the halves brings the high input bits down to the low output
+ * bits, which are the ones that pick a set. */
 static uint64_t fold_mul(uint64_t a, uint64_t b)
 {
     __uint128_t r = (__uint128_t)a * b;

@@ -396,7 +396,10 @@ static bool try_retry(struct gw_req *r, unsigned cond)
     if (!r->uout_keep || r->resp_head_sent || r->pump_down_on || r->pump_up_on || r->aborting ||
         (r->c->flags & GW_C_CLOSING))
         return false;
-    if (!gw_retry_method_allowed(rt, r->method, gw_slice(r->method_str, r->method_len)))
+    /* A connection that was never made carried nothing: any method may go
+     * again. Otherwise the server may have acted on the request. */
+    if (cond != GW_RETRY_CONNECT_FAILURE &&
+        !gw_retry_method_allowed(rt, r->method, gw_slice(r->method_str, r->method_len)))
         return false;
     backoff = gw_retry_backoff_ms(r->retries_done + 1, next_rand(w));
     if (gw_now_ms + backoff >= r->deadline_at_ms)

@@ -30,6 +30,10 @@ Behaviour is chosen by path (the query string is ignored unless noted):
   /close-after        200 "ok" with keep-alive headers, then closes the connection at once
   anything else       404 "no such upstream path"
 
+Failing on command (whatever the path): `up.fail("503"|"reset"|"hang", n=None)` makes the
+next n requests (all, when n is None) answer 503, reset the connection after reading the
+request, or hang without answering (until stop()); `up.fail(None)` heals it.
+
 Every real response carries "X-Upstream: <name>". Expect: 100-continue is answered with
 "100 Continue" before the body is read. With idle_close_ms set, a connection that has no
 new request within that time after the previous response (or accept) is closed.
@@ -171,6 +175,8 @@ class Upstream:
         self._lsock = None
         self._stopping = threading.Event()
         self._threads = []
+        self._fail_how = None
+        self._fail_left = None  # None: every request while _fail_how is set
 
     @property
     def addr(self):
@@ -216,6 +222,24 @@ class Upstream:
 
     def __exit__(self, *exc):
         self.stop()
+
+    def fail(self, how, n=None):
+        """Misbehave on the next n requests (every request when n is None); None heals."""
+        assert how in (None, "503", "reset", "hang"), how
+        with self.lock:
+            self._fail_how = how
+            self._fail_left = n
+
+    def _take_failure(self):
+        with self.lock:
+            how = self._fail_how
+            if how is None:
+                return None
+            if self._fail_left is not None:
+                self._fail_left -= 1
+                if self._fail_left <= 0:
+                    self._fail_how = None
+            return how
 
     # -- what tests look at ------------------------------------------------------------
 
@@ -353,6 +377,15 @@ class Upstream:
 
         toks = connection_tokens(headers)
         keep = "close" not in toks and (version == "HTTP/1.1" or "keep-alive" in toks)
+        how = self._take_failure()
+        if how == "503":
+            return self._send(c, 503, b"failing on command\n", [("Content-Type", "text/plain")],
+                              keep=keep)
+        if how == "reset":
+            return self._h_reset(c, req, keep, "")
+        if how == "hang":
+            self._stopping.wait(30)
+            raise _Close()
         return self._dispatch(c, req, keep)
 
     # -- responses -----------------------------------------------------------------------
