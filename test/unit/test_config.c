@@ -485,6 +485,104 @@ static void test_include(void)
     unlink(inc);
 }
 
+#define ROUTE_WITH(x) "routes = ( { name = \"r\"; upstream = \"app\";\n" x " } );\n"
+#define UPSTREAM_WITH(x)                                                                          \
+    "upstreams = ( { name = \"app\"; servers = [ \"127.0.0.1:9000\" ];\n" x " } );\n"
+
+static void test_policy(void)
+{
+    struct gw_config *cfg;
+
+    cfg = load_ok(LISTEN UPSTREAM "routes = ( { name = \"r\"; upstream = \"app\"; } );\n");
+    if (cfg != NULL) {
+        const struct gw_route *r = &cfg->routes[0];
+        const struct gw_upstream *u = &cfg->upstreams[0];
+        ok(!r->rate_limit.enabled, "no rate limit by default");
+        is(r->retries, 1, "one retry by default");
+        is(r->retry_on, GW_RETRY_CONNECT_FAILURE | GW_RETRY_RESET, "on connect-failure, reset");
+        ok(r->retry_budget > 0.19 && r->retry_budget < 0.21, "retry budget 0.2");
+        ok(r->deadline_header == NULL, "deadline header: the default applies");
+        ok(!u->breaker.enabled, "no breaker by default");
+        is(u->max_requests, 1024, "max_requests 1024");
+        is(u->max_pending, 256, "max_pending 256");
+        ok((u->breaker.fail_status[500 / 64] >> (500 % 64)) & 1, "5xx fail by default");
+        is(cfg->ntrusted_proxies, 0, "no trusted proxies");
+        gw_config_unref(cfg);
+    }
+    cfg = load_ok(LISTEN
+                  "trusted_proxies = [ \"10.0.0.0/8\", \"::1\", \"192.168.1.7\" ];\n"
+                  UPSTREAM_WITH("breaker = { failures = 3; error_rate = 0.25; window_ms = 2000;"
+                                " min_requests = 10; open_ms = 700; half_open_requests = 2;"
+                                " failure_status = [ 502, 504 ]; }; max_requests = 5;"
+                                " max_pending = 0;")
+                  ROUTE_WITH("rate_limit = { rate = 2.5; burst = 7; key = \"header:X-Api-Key\";"
+                             " headers = true; max_keys = 100; }; retries = 3;"
+                             " retry_on = [ \"5xx\", \"timeout\" ]; retry_budget = 0.5;"
+                             " try_timeout_ms = 250; retry_methods = [ \"POST\" ];"
+                             " deadline_header = \"X-Budget\";"));
+    if (cfg != NULL) {
+        const struct gw_route *r = &cfg->routes[0];
+        const struct gw_upstream *u = &cfg->upstreams[0];
+        const struct gw_cidr *t = cfg->trusted_proxies;
+        uint8_t a[16] = {10, 200, 3, 4};
+        uint8_t mapped[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 1, 1};
+        uint8_t other[4] = {11, 0, 0, 1};
+
+        ok(r->rate_limit.enabled && r->rate_limit.rate == 2.5 && r->rate_limit.burst == 7,
+           "rate and burst");
+        ok(r->rate_limit.key == GW_RL_KEY_HEADER && strcmp(r->rate_limit.header, "x-api-key") == 0,
+           "header key, lower-cased");
+        ok(r->rate_limit.headers && r->rate_limit.max_keys == 100, "headers, max_keys");
+        is(r->retries, 3, "retries");
+        is(r->retry_on, GW_RETRY_5XX | GW_RETRY_TIMEOUT, "retry_on");
+        ok(r->retry_budget == 0.5 && r->try_timeout_ms == 250, "budget, try timeout");
+        ok(r->nretry_methods == 1 && strcmp(r->retry_methods[0], "POST") == 0, "retry_methods");
+        ok(strcmp(r->deadline_header, "X-Budget") == 0, "deadline_header");
+        ok(u->breaker.enabled && u->breaker.failures == 3 && u->breaker.error_rate == 0.25,
+           "breaker triggers");
+        ok(u->breaker.window_ms == 2000 && u->breaker.min_requests == 10 &&
+               u->breaker.open_ms == 700 && u->breaker.half_open_requests == 2,
+           "breaker timing");
+        ok(((u->breaker.fail_status[502 / 64] >> (502 % 64)) & 1) &&
+               !((u->breaker.fail_status[500 / 64] >> (500 % 64)) & 1),
+           "failure_status replaces the 5xx default");
+        ok(u->max_requests == 5 && u->max_pending == 0, "concurrency caps");
+        is(cfg->ntrusted_proxies, 3, "three trusted proxies");
+        ok(gw_cidr_match(&t[0], AF_INET, a), "10.200.3.4 in 10.0.0.0/8");
+        ok(gw_cidr_match(&t[0], AF_INET6, mapped), "::ffff:10.1.1.1 in 10.0.0.0/8");
+        ok(!gw_cidr_match(&t[0], AF_INET, other), "11.0.0.1 not in it");
+        is(t[1].prefix, 128, "a bare IPv6 address is a /128");
+        is(t[2].prefix, 32, "a bare IPv4 address is a /32");
+        gw_config_unref(cfg);
+    }
+    load_err(LISTEN UPSTREAM ROUTE_WITH("rate_limit = { burst = 5; };"), 4,
+             "missing required key 'rate' in rate_limit");
+    load_err(LISTEN UPSTREAM ROUTE_WITH("rate_limit = { rate = 0.0; };"), 4,
+             "'rate' must be between");
+    load_err(LISTEN UPSTREAM ROUTE_WITH("rate_limit = { rate = 1.0; key = \"cookie\"; };"), 4,
+             "'key' must be \"client_ip\", \"route\" or \"header:NAME\"");
+    load_err(LISTEN UPSTREAM ROUTE_WITH("rate_limit = { rate = 1.0; bucket = 3; };"), 4,
+             "unknown key 'bucket' in rate_limit");
+    load_err(LISTEN UPSTREAM ROUTE_WITH("retry_on = [ \"5xx\", \"sometimes\" ];"), 4,
+             "retry_on entries are");
+    load_err(LISTEN UPSTREAM ROUTE_WITH("retries = 11;"), 4, "'retries' must be between 0 and 10");
+    load_err(LISTEN UPSTREAM ROUTE_WITH("retry_budget = 1.5;"), 4, "'retry_budget' must be");
+    load_err(LISTEN UPSTREAM ROUTE_WITH("deadline_header = \"bad header\";"), 4,
+             "'deadline_header' must be a header name");
+    load_err(LISTEN UPSTREAM_WITH("breaker = { failures = 0; };") ROUTE_WITH(""), 3,
+             "set 'failures' or 'error_rate' above 0");
+    load_err(LISTEN UPSTREAM_WITH("breaker = { error_rate = 2.0; };") ROUTE_WITH(""), 3,
+             "'error_rate' must be between 0 and 1");
+    load_err(LISTEN UPSTREAM_WITH("breaker = { failure_status = [ 200 ]; };") ROUTE_WITH(""), 3,
+             "failure status must be 400..599");
+    load_err(LISTEN UPSTREAM_WITH("breaker = { trip = 1; };") ROUTE_WITH(""), 3,
+             "unknown key 'trip' in breaker");
+    load_err(LISTEN "trusted_proxies = [ \"10.0.0.0/33\" ];\n" UPSTREAM, 2,
+             "each trusted proxy must be an IP address or CIDR block");
+    load_err(LISTEN "trusted_proxies = [ \"proxy.local\" ];\n" UPSTREAM, 2,
+             "each trusted proxy must be");
+}
+
 int main(void)
 {
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/gw_test_config.XXXXXX");
@@ -504,6 +602,7 @@ int main(void)
     subtest("gw_sockaddr_parse", test_sockaddr_parse);
     subtest("structure", test_structure);
     subtest("include", test_include);
+    subtest("policy keys", test_policy);
     for (int i = 0; i < nconf; i++) {
         snprintf(conf_path, sizeof(conf_path), "%s/c%d.conf", tmpdir, i);
         unlink(conf_path);
