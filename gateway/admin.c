@@ -146,7 +146,11 @@ static void policy_metrics(struct gw_text *t)
         const struct gw_server *s = &cfg->servers[i];
         gw_text_printf(t, "gateway_upstream_breaker_state{");
         server_label(t, s);
-        gw_text_printf(t, "} %d\n", (int)gw_breaker_state(s->shared->breaker));
+        /* an upstream without a breaker block never opens, whatever an
+         * earlier config's breaker had left */
+        gw_text_printf(t, "} %d\n",
+                       s->upstream->breaker.enabled ? (int)gw_breaker_state(s->shared->breaker)
+                                                    : 0);
     }
     gw_text_printf(t, "# HELP gateway_upstream_breaker_transitions_total Circuit state changes "
                       "of each server, by the state entered.\n"

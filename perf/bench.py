@@ -52,6 +52,23 @@ SCENARIOS = {
                    desc="POST 1 MiB body, keep-alive, 16 conns"),
 }
 ALL_TARGETS = ["direct", "nginx", "haproxy", "gateway"]
+# The gateway with one policy each, to price it: (route settings, upstream settings) added to
+# perf/conf/gateway.conf. "gateway" itself runs the defaults (deadline header on, one retry on
+# connect-failure/reset); gw-bare turns those off. Limits are set far above what the box can
+# reach, so every request pays for the check and none is refused.
+GATEWAY_VARIANTS = {
+    "gw-bare": ('deadline_header = ""; retries = 0;', ""),
+    "gw-rl": ('rate_limit = { rate = 1000000000.0; burst = 100000000; key = "client_ip"; };', ""),
+    "gw-rlroute": ('rate_limit = { rate = 1000000000.0; burst = 100000000; key = "route"; };', ""),
+    "gw-breaker": ("", "breaker = { failures = 5; error_rate = 0.5; }; max_requests = 100000;"),
+    "gw-all": ('rate_limit = { rate = 1000000000.0; burst = 100000000; key = "client_ip"; '
+               'headers = true; }; retries = 2; retry_on = [ "connect-failure", "reset", "5xx", '
+               '"timeout" ]; try_timeout_ms = 10000;',
+               "breaker = { failures = 5; error_rate = 0.5; }; max_requests = 100000;"),
+}
+# gw-alt: another build of the gateway (--alt-bin), with the same config as "gateway", so a
+# change can be measured before/after in one run.
+EXTRA_TARGETS = list(GATEWAY_VARIANTS) + ["gw-alt"]
 
 
 def log(msg=""):
@@ -522,7 +539,7 @@ def print_tables(scenarios, targets, summary, skipped, duration, rounds):
     for sc in scenarios:
         log()
         log("%s - %s" % (sc, SCENARIOS[sc]["desc"]))
-        hdr = "  %-8s %9s %7s %8s %8s %9s %11s %7s %5s %5s %6s" % (
+        hdr = "  %-10s %9s %7s %8s %8s %9s %11s %7s %5s %5s %6s" % (
             "target", "req/s", "spread", "p50 ms", "p99 ms", "proxyCPU", "req/s/core",
             "noise", "cpu0", "cpu1", "errors")
         log(hdr)
@@ -530,9 +547,9 @@ def print_tables(scenarios, targets, summary, skipped, duration, rounds):
         for t in targets:
             s = summary.get(sc, {}).get(t)
             if s is None:
-                log("  %-8s %s" % (t, "(skipped: %s)" % skipped.get((sc, t), "not run")))
+                log("  %-10s %s" % (t, "(skipped: %s)" % skipped.get((sc, t), "not run")))
                 continue
-            log("  %-8s %9s %6.1f%% %8.2f %8.2f %9s %11s %5.1f%%%s %4.0f%% %4.0f%% %6d" % (
+            log("  %-10s %9s %6.1f%% %8.2f %8.2f %9s %11s %5.1f%%%s %4.0f%% %4.0f%% %6d" % (
                 t, fmt_rate(s["req_s_median"]), s["spread_pct"], s["p50_ms_median"],
                 s["p99_ms_median"],
                 "-" if s["proxy_cpu_pct_median"] is None else "%.0f%%" % s["proxy_cpu_pct_median"],
@@ -541,6 +558,12 @@ def print_tables(scenarios, targets, summary, skipped, duration, rounds):
                 s["cpu1_busy_pct_median"], s["errors_total"]))
         cell = summary.get(sc, {})
         g = cell.get("gateway")
+        alt = cell.get("gw-alt")
+        if g is not None and alt is not None:
+            log("  gw-alt/gateway req/s %s   req/s/core %s   p99 %s" % (
+                fmt_ratio(alt["req_s_median"], g["req_s_median"]),
+                fmt_ratio(alt["req_s_per_core_median"], g["req_s_per_core_median"]),
+                fmt_ratio(alt["p99_ms_median"], g["p99_ms_median"])))
         for peer in ("nginx", "haproxy"):
             p = cell.get(peer)
             if peer not in targets:
@@ -552,6 +575,16 @@ def print_tables(scenarios, targets, summary, skipped, duration, rounds):
                 peer, fmt_ratio(g["req_s_median"], p["req_s_median"]),
                 fmt_ratio(g["req_s_per_core_median"], p["req_s_per_core_median"]),
                 fmt_ratio(g["p99_ms_median"], p["p99_ms_median"])))
+        base = cell.get("gw-bare")
+        for t in targets:
+            if t in GATEWAY_VARIANTS and t != "gw-bare" or (t == "gateway" and base):
+                v = cell.get(t)
+                if base is None or v is None:
+                    continue
+                log("  %s/gw-bare  req/s %s   req/s/core %s   p99 %s" % (
+                    t, fmt_ratio(v["req_s_median"], base["req_s_median"]),
+                    fmt_ratio(v["req_s_per_core_median"], base["req_s_per_core_median"]),
+                    fmt_ratio(v["p99_ms_median"], base["p99_ms_median"])))
         if "direct" in cell:
             d = cell["direct"]["req_s_median"]
             parts = ["%s %.0f%%" % (t, 100.0 * cell[t]["req_s_median"] / d)
@@ -579,8 +612,11 @@ def parse_args():
     ap.add_argument("--scenarios", default=",".join(SCENARIOS),
                     help="comma list from: " + ",".join(SCENARIOS))
     ap.add_argument("--targets", default=",".join(ALL_TARGETS),
-                    help="comma list from: " + ",".join(ALL_TARGETS))
+                    help="comma list from: " + ",".join(ALL_TARGETS + EXTRA_TARGETS) +
+                    " (the gw-* targets are the gateway with one policy on; see GATEWAY_VARIANTS)")
     ap.add_argument("--gateway-bin", default=os.path.join(REPO, "build", "gateway", "gateway"))
+    ap.add_argument("--alt-bin", default=None,
+                    help="another gateway build, measured as target gw-alt (before/after)")
     ap.add_argument("--gateway-args", default=None,
                     help="gateway arguments, {config} is replaced by the config path "
                          "(default: try '-c {config}', then '{config}')")
@@ -595,7 +631,9 @@ def parse_args():
         if s not in SCENARIOS:
             ap.error("unknown scenario %r" % s)
     for t in a.targets:
-        if t not in ALL_TARGETS:
+        if t == "gw-alt" and not a.alt_bin:
+            ap.error("target gw-alt needs --alt-bin")
+        if t not in ALL_TARGETS + EXTRA_TARGETS:
             ap.error("unknown target %r" % t)
     if a.duration < 1 or a.rounds < 1:
         ap.error("duration and rounds must be >= 1")
@@ -621,12 +659,14 @@ def start_target(name, args, tmp, ports, files):
             return None, "haproxy binary not found"
         cfg = render("haproxy.cfg", os.path.join(tmp, "haproxy.cfg"), PORT=port, UPPORT=up)
         variants = [["taskset", "-c", PROXY_CPU, hap, "-db", "-f", cfg]]
-    elif name == "gateway":
-        gw = os.path.abspath(args.gateway_bin)
+    elif name == "gateway" or name in GATEWAY_VARIANTS or name == "gw-alt":
+        gw = os.path.abspath(args.alt_bin if name == "gw-alt" else args.gateway_bin)
         if not (os.path.isfile(gw) and os.access(gw, os.X_OK)):
             return None, "binary %s is missing (build it first)" % gw
-        cfg = render("gateway.conf", os.path.join(tmp, "gateway.conf"), PORT=port,
-                     ADMINPORT=ports["gateway_admin"], UPPORT=up)
+        route_extra, up_extra = GATEWAY_VARIANTS.get(name, ("", ""))
+        cfg = render("gateway.conf", os.path.join(tmp, name + ".conf"), PORT=port,
+                     ADMINPORT=ports[name + "_admin"], UPPORT=up, ROUTE_EXTRA=route_extra,
+                     UPSTREAM_EXTRA=up_extra)
         forms = [args.gateway_args] if args.gateway_args else ["-c {config}", "{config}"]
         variants = [["taskset", "-c", PROXY_CPU, gw] + [w.replace("{config}", cfg) for w in f.split()]
                     for f in forms]
@@ -705,6 +745,8 @@ def main():
         os.makedirs(os.path.join(tmp, "upstream-tmp"))
 
         pnames = ["upstream", "nginx", "haproxy", "gateway", "gateway_admin"]
+        for v in EXTRA_TARGETS:
+            pnames += [v, v + "_admin"]
         ports = dict(zip(pnames, free_ports(len(pnames))))
         ports["direct"] = ports["upstream"]
 

@@ -1513,7 +1513,12 @@ static void req_start(struct gw_conn *c, size_t head_len)
             return;
         }
     }
-    r->uout_keep = body_complete(r);
+    /* A request that fits whole in uout (head and a Content-Length body,
+     * whether or not all of it has arrived) is kept there until a response
+     * begins, so that it can be sent again: a stale pooled connection, or a
+     * retry. */
+    r->uout_keep = body_complete(r) ||
+                   (!r->body_chunked && r->body_left <= r->uout.cap - r->uout.off - r->uout.len);
     if ((q->flags & GW_MSG_EXPECT_CONTINUE) && !body_complete(r) && c->in.len == 0 &&
         r->client_minor == 1) {
         c->iov[0].iov_base = (void *)continue_100;

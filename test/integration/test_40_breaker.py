@@ -186,3 +186,62 @@ def test_max_requests(gateway_factory, upstream):
     assert gw.get("/ok").status == 200
     assert gw.metrics().value("gateway_upstream_requests_active", upstream="app",
                               server=upstream.addr) == 0
+
+
+def test_max_pending(gateway_factory):
+    """max_pending = 2 against a server whose handshake never completes: of four requests at
+    once two wait for their connection (then 502/504 at connect_timeout_ms) and two are
+    answered 503 at once (reason max_pending)."""
+    from upstream import Blackhole
+    hole = Blackhole()
+    try:
+        route = route_block("default", "app")
+        route["retries"] = 0
+        gw = gateway_factory(upstreams=[upstream_block("app", hole.addr, max_pending=2,
+                                                       connect_timeout_ms=1500)],
+                             routes=[route])
+        barrier = threading.Barrier(4)
+
+        def one(_):
+            barrier.wait(5)
+            return gw.get("/ok", timeout=15).status
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            statuses = sorted(pool.map(one, range(4)))
+        assert statuses.count(503) == 2, statuses
+        assert all(s in (502, 503, 504) for s in statuses), statuses
+        m = gw.wait_metric(REJECTED, 2, upstream="app", reason="max_pending")
+        assert m.value(REJECTED, upstream="app", reason="max_pending") == 2
+    finally:
+        hole.close()
+
+
+def test_open_circuit_survives_reload(gateway_factory, upstream):
+    """A reload that keeps the upstream's name and server keeps its open circuit; one that
+    removes the breaker block lets traffic through again."""
+    import signal
+    from gwtest import render_config
+    gw = breaker_gateway(gateway_factory, [upstream.addr], {"failures": 2, "open_ms": 60000})
+    upstream.fail("503")
+    gw.get("/ok")
+    gw.get("/ok")
+    wait_state(gw, upstream.addr, 2)
+    upstream.fail(None)
+
+    def reload(change):
+        before = gw.metrics().value("gateway_config_generation")
+        s = gw.settings_fn(gw.port, gw.admin_port)
+        change(s)
+        gw.config_path.write_text(render_config(s))
+        gw.proc.send_signal(signal.SIGHUP)
+        assert gw.wait_metric("gateway_config_generation", before + 1).value(
+            "gateway_config_generation") == before + 1, gw.stderr()
+
+    reload(lambda s: s["upstreams"][0].update(connect_timeout_ms=2000))
+    r = gw.get("/ok")
+    assert r.status == 503 and r.header("X-Upstream") is None, r
+    assert gw.metrics().value(STATE, upstream="app", server=upstream.addr) == 2
+
+    reload(lambda s: s["upstreams"][0].pop("breaker"))
+    r = gw.get("/ok")
+    assert r.status == 200, r

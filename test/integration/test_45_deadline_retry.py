@@ -200,3 +200,26 @@ def test_retry_budget_limits_storm(gateway_factory, upstream):
     m = gw.wait_metric("gateway_upstream_retries_total", 3, upstream="app")
     assert m.value("gateway_upstream_retries_total", upstream="app") == 3
     assert len(upstream.wait_requests(13)) == 13
+
+
+def test_body_arriving_late_still_retried(gateway_factory, upstream_factory):
+    """A small POST body that arrives after its head is kept whole as it comes, so a
+    retry (marked retryable, 5xx) re-sends head and body intact."""
+    import time
+    from rawhttp import request_bytes
+    up = upstream_factory("app")
+    gw = gw_with(gateway_factory, [up.addr], retries=1, retry_on=["5xx"],
+                 retry_methods=["POST"])
+    up.fail("503", n=1)
+    body = b"late body " * 50
+    raw = request_bytes("POST", "/upload", body=body)
+    head, rest = raw[:raw.index(b"\r\n\r\n") + 4], raw[raw.index(b"\r\n\r\n") + 4:]
+    with gw.raw(timeout=10) as c:
+        c.send(head)
+        time.sleep(0.2)
+        c.send(rest)
+        r = c.read_response(timeout=10)
+    assert r is not None and r.status == 200, r
+    assert json.loads(r.body)["length"] == len(body)
+    reqs = up.wait_requests(2)
+    assert [q.body_len for q in reqs] == [len(body), len(body)]
