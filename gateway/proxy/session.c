@@ -736,6 +736,16 @@ static void req_advance_up(struct gw_req *r)
     size_t pending;
     int ret;
 
+    /* A large Content-Length body goes by splice. Stop reading it into
+     * memory as soon as that is known: a fast client would otherwise keep
+     * c->in full at every check, and the whole body would be copied
+     * through user space twice (perf: post1m ran in copy mode). */
+    if (r->req_phase == GW_REQ_SEND && !r->body_chunked && !r->aborting &&
+        !(c->flags & GW_C_HOLD_RECV) && r->resp_phase == GW_RESP_WAIT &&
+        r->body_left > c->in.len && r->body_left - c->in.len >= GW_SPLICE_MIN_BYTES) {
+        c->flags |= GW_C_HOLD_RECV;
+        stop_recv(c);
+    }
     if (r->up == NULL || !r->up_ready || r->uout_sending || r->aborting ||
         r->req_phase != GW_REQ_SEND)
         goto recv;
@@ -765,7 +775,7 @@ static void req_advance_up(struct gw_req *r)
         r->req_phase = GW_REQ_DONE;
         goto recv;
     }
-    if (!r->body_chunked && r->body_left >= GW_SPLICE_MIN_BYTES) {
+    if (!r->body_chunked && ((c->flags & GW_C_HOLD_RECV) || r->body_left >= GW_SPLICE_MIN_BYTES)) {
         c->flags |= GW_C_HOLD_RECV;
         stop_recv(c);
         if (c->flags & GW_C_RECV_ARMED)
