@@ -15,8 +15,10 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rawhttp import RawConn
@@ -376,6 +378,28 @@ class Gateway:
         r = self.admin("/metrics")
         assert r.status == 200, "GET /metrics on the admin port: %d" % r.status
         return parse_metrics(r.body.decode())
+
+    def statuses_at_once(self, path, n, timeout=15):
+        """n GETs of path released together (a barrier); their statuses, sorted."""
+        barrier = threading.Barrier(n)
+
+        def one(_):
+            barrier.wait(5)
+            return self.get(path, timeout=timeout).status
+
+        with ThreadPoolExecutor(n) as pool:
+            return sorted(pool.map(one, range(n)))
+
+    def reload(self, change):
+        """Rewrites the config with change(settings) applied, sends SIGHUP and waits until
+        the next generation serves (fails with the gateway's stderr otherwise)."""
+        before = self.metrics().value("gateway_config_generation")
+        settings = self.settings_fn(self.port, self.admin_port)
+        change(settings)
+        self.config_path.write_text(render_config(settings))
+        self.proc.send_signal(signal.SIGHUP)
+        m = self.wait_metric("gateway_config_generation", before + 1)
+        assert m.value("gateway_config_generation") == before + 1, self.stderr()
 
     def wait_metric(self, name, value, timeout=5.0, **labels):
         """Polls /metrics until the summed sample reaches value (counters are updated after

@@ -2,8 +2,6 @@
 Retry-After without touching the server, half-open probes, closing again; open servers
 skipped in a pool; max_requests; all visible in /metrics."""
 
-import concurrent.futures
-import threading
 import time
 
 from gwtest import route_block, upstream_block
@@ -172,14 +170,7 @@ def test_max_requests(gateway_factory, upstream):
     """max_requests = 2: with four slow requests at once, two are served and two answered 503
     at once (reason max_requests)."""
     gw = breaker_gateway(gateway_factory, [upstream.addr], {"failures": 5}, max_requests=2)
-    barrier = threading.Barrier(4)
-
-    def one(_):
-        barrier.wait(5)
-        return gw.get("/slow/800", timeout=15).status
-
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        statuses = sorted(pool.map(one, range(4)))
+    statuses = gw.statuses_at_once("/slow/800", 4)
     assert statuses == [200, 200, 503, 503], statuses
     m = gw.wait_metric(REJECTED, 2, upstream="app", reason="max_requests")
     assert m.value(REJECTED, upstream="app", reason="max_requests") == 2
@@ -200,14 +191,7 @@ def test_max_pending(gateway_factory):
         gw = gateway_factory(upstreams=[upstream_block("app", hole.addr, max_pending=2,
                                                        connect_timeout_ms=1500)],
                              routes=[route])
-        barrier = threading.Barrier(4)
-
-        def one(_):
-            barrier.wait(5)
-            return gw.get("/ok", timeout=15).status
-
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            statuses = sorted(pool.map(one, range(4)))
+        statuses = gw.statuses_at_once("/ok", 4)
         assert statuses.count(503) == 2, statuses
         assert all(s in (502, 503, 504) for s in statuses), statuses
         m = gw.wait_metric(REJECTED, 2, upstream="app", reason="max_pending")
@@ -219,8 +203,6 @@ def test_max_pending(gateway_factory):
 def test_open_circuit_survives_reload(gateway_factory, upstream):
     """A reload that keeps the upstream's name and server keeps its open circuit; one that
     removes the breaker block lets traffic through again."""
-    import signal
-    from gwtest import render_config
     gw = breaker_gateway(gateway_factory, [upstream.addr], {"failures": 2, "open_ms": 60000})
     upstream.fail("503")
     gw.get("/ok")
@@ -228,20 +210,11 @@ def test_open_circuit_survives_reload(gateway_factory, upstream):
     wait_state(gw, upstream.addr, 2)
     upstream.fail(None)
 
-    def reload(change):
-        before = gw.metrics().value("gateway_config_generation")
-        s = gw.settings_fn(gw.port, gw.admin_port)
-        change(s)
-        gw.config_path.write_text(render_config(s))
-        gw.proc.send_signal(signal.SIGHUP)
-        assert gw.wait_metric("gateway_config_generation", before + 1).value(
-            "gateway_config_generation") == before + 1, gw.stderr()
-
-    reload(lambda s: s["upstreams"][0].update(connect_timeout_ms=2000))
+    gw.reload(lambda s: s["upstreams"][0].update(connect_timeout_ms=2000))
     r = gw.get("/ok")
     assert r.status == 503 and r.header("X-Upstream") is None, r
     assert gw.metrics().value(STATE, upstream="app", server=upstream.addr) == 2
 
-    reload(lambda s: s["upstreams"][0].pop("breaker"))
+    gw.reload(lambda s: s["upstreams"][0].pop("breaker"))
     r = gw.get("/ok")
     assert r.status == 200, r
