@@ -563,7 +563,9 @@ static void req_finish(struct gw_req *r)
         conn_close(c);
         return;
     }
-    set_conn_timer(c, cfg->limits.idle_timeout_ms);
+    /* cfg may be gone with the cfgref released above (a reload): the
+     * connection goes on under the current config. */
+    set_conn_timer(c, w->cur->cfg->limits.idle_timeout_ms);
     conn_process(c); /* a pipelined request may be waiting in c->in */
 }
 

@@ -6,7 +6,7 @@ Fixtures
                       at teardown
   refused_port        a RefusedPort: .port/.addr where connects are refused
   gateway_factory     make(upstreams=[...], routes=[...], limits={...}, workers=2, name=...,
-                      **top_level_settings) -> started Gateway (gwtest.py); or
+                      env={...}, **top_level_settings) -> started Gateway (gwtest.py); or
                       make(settings=fn(port, admin_port) -> dict)
   gateway             gateway_factory with upstream "app" = [upstream] and one route
                       "default" (host "*", prefix "/", every method)
@@ -167,7 +167,7 @@ def gateway_factory(request, tmp_path):
         setattr(request.node, _GATEWAYS, started)
 
     def make(upstreams=None, routes=None, limits=None, settings=None, name=None,
-             preexec_fn=None, **top):
+             preexec_fn=None, env=None, **top):
         msg = _missing_binary()
         if msg:
             raise GatewayMissing(msg)
@@ -182,6 +182,7 @@ def gateway_factory(request, tmp_path):
 
         gw = Gateway(tmp_path, settings, name=name or "gw%d" % (len(started) + 1))
         gw.preexec_fn = preexec_fn
+        gw.env_extra = env
         started.append(gw)
         return gw.start()
 

@@ -214,6 +214,7 @@ class Gateway:
             raise GatewayStartFailed(err)
 
     preexec_fn = None  # e.g. to set resource limits of the gateway process
+    env_extra = None  # variables added to the gateway's environment
 
     def _start_once(self, binary):
         self.stopped = False
@@ -221,7 +222,8 @@ class Gateway:
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen([str(binary), "-c", str(self.config_path)],
                                          stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                         cwd=str(self.workdir), env=gateway_env(),
+                                         cwd=str(self.workdir),
+                                         env=dict(gateway_env(), **(self.env_extra or {})),
                                          preexec_fn=self.preexec_fn)
         deadline = time.monotonic() + START_TIMEOUT_S
         data_ok = False
