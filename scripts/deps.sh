@@ -2,7 +2,7 @@
 # deps.sh: install the Debian packages a stage needs, only those missing.
 #
 #   scripts/deps.sh build    compiler, meson, ninja, liburing, libconfig, python3
-#   scripts/deps.sh test     build + pytest, curl, redis-server; clang + its runtimes for the
+#   scripts/deps.sh test     build + pytest, prometheus-client, curl, redis-server; clang + its runtimes for the
 #                            fuzzer if the archive has them (optional)
 #   scripts/deps.sh bench    build + nginx-light, haproxy, wrk
 #
@@ -12,7 +12,7 @@
 set -euo pipefail
 
 build_pkgs=(build-essential pkg-config meson ninja-build liburing-dev libconfig-dev python3)
-test_pkgs=(python3-pytest curl redis-server)
+test_pkgs=(python3-pytest python3-prometheus-client curl redis-server)
 # clang builds test/fuzz_parse (libFuzzer + ASan/UBSan); on bookworm the
 # fuzzer and sanitizer runtimes are in libclang-rt-dev, which clang only
 # recommends. Optional: the fuzz stage is skipped without them.

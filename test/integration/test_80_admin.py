@@ -196,3 +196,37 @@ def test_access_log_off(gateway_factory, upstream):
     assert gw.get("/ok").status == 200
     gw.stop()
     assert gw.stdout().strip() == ""
+
+
+def test_metrics_parse_with_prometheus_client(gateway_factory, upstream):
+    """The official Python parser (Debian's python3-prometheus-client) reads the whole scrape,
+    policy families included, with one TYPE per family and sane values."""
+    from prometheus_client.parser import text_string_to_metric_families
+    route = route_block("default", "app")
+    route["rate_limit"] = {"rate": 0.01, "burst": 1, "key": "client_ip"}
+    gw = gateway_factory(upstreams=[upstream_block("app", upstream.addr,
+                                                   breaker={"failures": 3})],
+                         routes=[route])
+    assert [gw.get("/ok").status for _ in range(2)] == [200, 429]
+    text = gw.admin("/metrics").body.decode()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    want = {
+        "gateway_ratelimit_rejected": "counter",
+        "gateway_ratelimit_evictions": "counter",
+        "gateway_deadline_exceeded": "counter",
+        "gateway_upstream_retries": "counter",
+        "gateway_upstream_rejected": "counter",
+        "gateway_upstream_breaker_state": "gauge",
+        "gateway_upstream_breaker_transitions": "counter",
+        "gateway_upstream_requests_active": "gauge",
+        "gateway_requests": "counter",
+        "gateway_request_duration_seconds": "histogram",
+    }
+    for name, kind in want.items():
+        assert name in fams, "family %s missing" % name
+        assert fams[name].type == kind, (name, fams[name].type)
+    rejected = [s for s in fams["gateway_ratelimit_rejected"].samples
+                if s.labels.get("route") == "default"]
+    assert rejected and rejected[0].value == 1
+    state = fams["gateway_upstream_breaker_state"].samples
+    assert [s.value for s in state] == [0] and state[0].labels["server"] == upstream.addr
