@@ -79,14 +79,20 @@ void gw_metrics_request(struct gw_worker_stats *ws, unsigned route_slot, int sta
                         uint64_t duration_us)
 {
     struct gw_route_stats *rs = ws->routes[route_slot];
-    unsigned b = 0;
 
     if (status >= 100 && status < 600)
         gw_stat_add(&rs->status[status], 1);
-    while (b < GW_DURATION_BUCKETS - 1 && duration_us > gw_duration_bounds_us[b])
+    gw_hist_add(&rs->dur, duration_us);
+}
+
+void gw_hist_add(struct gw_hist *h, uint64_t us)
+{
+    unsigned b = 0;
+
+    while (b < GW_DURATION_BUCKETS - 1 && us > gw_duration_bounds_us[b])
         b++;
-    gw_stat_add(&rs->dur_bucket[b], 1);
-    gw_stat_add(&rs->dur_sum_us, duration_us);
+    gw_stat_add(&h->bucket[b], 1);
+    gw_stat_add(&h->sum_us, us);
 }
 
 void gw_text_printf(struct gw_text *t, const char *fmt, ...)
@@ -145,6 +151,54 @@ static void put_label(struct gw_text *t, const char *v)
         s_;                                                                                       \
     })
 
+/* Copies v into dst, escaped for a label value, then tail; truncates. */
+static void label_into(char *dst, size_t cap, const char *v, const char *tail)
+{
+    size_t n = 0;
+
+    for (; *v && n + 3 < cap; v++) {
+        if (*v == '"' || *v == '\\')
+            dst[n++] = '\\';
+        dst[n++] = *v == '\n' ? 'n' : *v;
+    }
+    for (; *tail && n + 1 < cap; tail++)
+        dst[n++] = *tail;
+    dst[n] = '\0';
+}
+
+/* One histogram series summed over workers: the struct gw_hist at offset
+ * hist_off inside the stats object that ws->(array at arr_off)[slot] points
+ * to. Series without a sample are left out. */
+static void render_hist(struct gw_text *out, const char *name, const char *labels, size_t arr_off,
+                        unsigned slot, size_t hist_off)
+{
+    uint64_t sums[GW_DURATION_BUCKETS] = {0}, total = 0, sum_us = 0;
+
+    for (unsigned w = 0; w < nworkers; w++) {
+        void *obj = ((void **)((char *)workers[w] + arr_off))[slot];
+        struct gw_hist *h = (struct gw_hist *)((char *)obj + hist_off);
+        for (unsigned b = 0; b < GW_DURATION_BUCKETS; b++)
+            sums[b] += load(&h->bucket[b]);
+        sum_us += load(&h->sum_us);
+    }
+    for (unsigned b = 0; b < GW_DURATION_BUCKETS; b++)
+        total += sums[b];
+    if (total == 0)
+        return;
+    total = 0;
+    for (unsigned b = 0; b < GW_DURATION_BUCKETS; b++) {
+        total += sums[b];
+        if (b < GW_DURATION_BUCKETS - 1)
+            gw_text_printf(out, "%s_bucket{%s,le=\"%g\"} %llu\n", name, labels,
+                           (double)gw_duration_bounds_us[b] / 1e6, (unsigned long long)total);
+        else
+            gw_text_printf(out, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, labels,
+                           (unsigned long long)total);
+    }
+    gw_text_printf(out, "%s_sum{%s} %.6f\n", name, labels, (double)sum_us / 1e6);
+    gw_text_printf(out, "%s_count{%s} %llu\n", name, labels, (unsigned long long)total);
+}
+
 static void render_requests(struct gw_text *out)
 {
     gw_text_printf(out, "# HELP gateway_requests_total Requests answered, by route and status "
@@ -164,29 +218,12 @@ static void render_requests(struct gw_text *out)
                         "the last response byte, by route.\n"
                         "# TYPE gateway_request_duration_seconds histogram\n");
     for (unsigned r = 0; r < nroutes; r++) {
-        uint64_t cum = 0;
-        for (unsigned b = 0; b < GW_DURATION_BUCKETS; b++)
-            cum += SUM_WORKERS(load(&ws->routes[r]->dur_bucket[b]));
-        if (cum == 0)
-            continue;
-        cum = 0;
-        for (unsigned b = 0; b < GW_DURATION_BUCKETS; b++) {
-            cum += SUM_WORKERS(load(&ws->routes[r]->dur_bucket[b]));
-            gw_text_printf(out, "gateway_request_duration_seconds_bucket{route=\"");
-            put_label(out, route_names[r]);
-            if (b < GW_DURATION_BUCKETS - 1)
-                gw_text_printf(out, "\",le=\"%g\"} %llu\n",
-                               (double)gw_duration_bounds_us[b] / 1e6, (unsigned long long)cum);
-            else
-                gw_text_printf(out, "\",le=\"+Inf\"} %llu\n", (unsigned long long)cum);
-        }
-        gw_text_printf(out, "gateway_request_duration_seconds_sum{route=\"");
-        put_label(out, route_names[r]);
-        gw_text_printf(out, "\"} %.6f\n",
-                       (double)SUM_WORKERS(load(&ws->routes[r]->dur_sum_us)) / 1e6);
-        gw_text_printf(out, "gateway_request_duration_seconds_count{route=\"");
-        put_label(out, route_names[r]);
-        gw_text_printf(out, "\"} %llu\n", (unsigned long long)cum);
+        char labels[160];
+        int n = snprintf(labels, sizeof(labels), "route=\"");
+        label_into(labels + n, sizeof(labels) - (size_t)n, route_names[r], "\"");
+        render_hist(out, "gateway_request_duration_seconds", labels,
+                    offsetof(struct gw_worker_stats, routes), r,
+                    offsetof(struct gw_route_stats, dur));
     }
 }
 
@@ -297,6 +334,38 @@ static void render_servers(struct gw_text *out)
         server_labels(out, s);
         gw_text_printf(out, "} %llu\n",
                        (unsigned long long)SUM_WORKERS(load(&ws->servers[s]->stale_retry)));
+    }
+    gw_text_printf(out, "# HELP gateway_upstream_request_duration_seconds Time from the start "
+                        "of an attempt (connect or pooled connection) to the response head.\n"
+                        "# TYPE gateway_upstream_request_duration_seconds histogram\n");
+    for (unsigned s = 0; s < nservers; s++) {
+        char labels[256];
+        int n = snprintf(labels, sizeof(labels), "upstream=\"");
+        label_into(labels + n, sizeof(labels) - (size_t)n, server_names[s].upstream, "");
+        n = (int)strlen(labels);
+        n += snprintf(labels + n, sizeof(labels) - (size_t)n, "\",server=\"");
+        label_into(labels + n, sizeof(labels) - (size_t)n, server_names[s].server, "\"");
+        render_hist(out, "gateway_upstream_request_duration_seconds", labels,
+                    offsetof(struct gw_worker_stats, servers), s,
+                    offsetof(struct gw_server_stats, dur));
+    }
+    gw_text_printf(out, "# HELP gateway_upstream_connections Connections to upstream servers, "
+                        "idle in the keep-alive pools or active.\n"
+                        "# TYPE gateway_upstream_connections gauge\n");
+    for (unsigned s = 0; s < nservers; s++) {
+        int64_t idle = 0, active = 0;
+        for (unsigned w = 0; w < nworkers; w++) {
+            idle += atomic_load_explicit(&workers[w]->servers[s]->conns_idle,
+                                         memory_order_relaxed);
+            active += atomic_load_explicit(&workers[w]->servers[s]->conns_active,
+                                           memory_order_relaxed);
+        }
+        gw_text_printf(out, "gateway_upstream_connections");
+        server_labels(out, s);
+        gw_text_printf(out, ",state=\"idle\"} %lld\n", (long long)idle);
+        gw_text_printf(out, "gateway_upstream_connections");
+        server_labels(out, s);
+        gw_text_printf(out, ",state=\"active\"} %lld\n", (long long)active);
     }
 }
 

@@ -42,12 +42,19 @@ enum gw_reject {
     GW_REJECT_COUNT,
 };
 
+/* A duration histogram: gw_duration_bounds_us buckets, not cumulative. */
+struct gw_hist {
+    _Atomic uint64_t bucket[GW_DURATION_BUCKETS];
+    _Atomic uint64_t sum_us;
+};
+
+void gw_hist_add(struct gw_hist *h, uint64_t us);
+
 struct gw_route_stats {
     _Atomic uint64_t status[600];
     _Atomic uint64_t ratelimited;       /* answered 429 */
     _Atomic uint64_t deadline_exceeded; /* answered 504 (or cut) for the budget */
-    _Atomic uint64_t dur_bucket[GW_DURATION_BUCKETS]; /* not cumulative */
-    _Atomic uint64_t dur_sum_us;
+    struct gw_hist dur;
 };
 
 struct gw_server_stats {
@@ -58,6 +65,9 @@ struct gw_server_stats {
     _Atomic uint64_t retries;     /* retries after a failed attempt on this server */
     /* 503s without upstream contact, by reason; rendered per upstream */
     _Atomic uint64_t rejected[GW_REJECT_COUNT];
+    struct gw_hist dur;           /* attempt start to response head */
+    _Atomic int64_t conns_idle;   /* this worker's pooled connections to the server */
+    _Atomic int64_t conns_active; /* and those serving a request (or connecting) */
 };
 
 struct gw_worker_stats {

@@ -443,7 +443,10 @@ static void start_attempt(struct gw_req *r)
     uint64_t after = 0;
     char extra[64];
 
-    enum gw_acquire got = gw_upstream_acquire(r, false, &why, &after);
+    enum gw_acquire got;
+
+    r->attempt_start_us = gw_clock_us();
+    got = gw_upstream_acquire(r, false, &why, &after);
 
     if (got != GW_ACQ_REJECTED) {
         if (r->route->try_timeout_ms > 0)
@@ -1059,6 +1062,7 @@ static void resp_start(struct gw_req *r, size_t head_len)
 
     gw_timer_cancel(&w->timers, &r->try_timer);
     gw_stat_add(&server_stats(r)->outcome[GW_OUTCOME_SUCCESS], 1);
+    gw_hist_add(&server_stats(r)->dur, gw_clock_us() - r->attempt_start_us);
     attempt_end(r, !gw_breaker_status_fails(&r->route->upstream->breaker, q->status));
     if (q->status >= 500 && try_retry(r, GW_RETRY_5XX))
         return; /* the response is dropped with its connection */

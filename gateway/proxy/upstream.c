@@ -30,6 +30,15 @@ enum {
 static void upconn_close(struct gw_upconn *u);
 static void put_pending(struct gw_upconn *u);
 
+/* gateway_upstream_connections: this worker's view of one pool. */
+static void pool_gauges(struct gw_wctx *w, const struct gw_pool *p)
+{
+    struct gw_server_stats *ss = w->stats->servers[p->stats_slot];
+
+    atomic_store_explicit(&ss->conns_idle, (int64_t)p->nidle, memory_order_relaxed);
+    atomic_store_explicit(&ss->conns_active, (int64_t)p->active, memory_order_relaxed);
+}
+
 static void upconn_free_if_done(struct gw_upconn *u)
 {
     struct gw_wctx *w = u->w;
@@ -54,6 +63,7 @@ static void idle_remove(struct gw_upconn *u)
             break;
         }
     }
+    pool_gauges(u->w, p);
     u->next = NULL;
     u->flags &= ~UP_IDLE;
 }
@@ -71,6 +81,7 @@ static void upconn_close(struct gw_upconn *u)
     else if (u->req != NULL || (u->flags & UP_CONNECTING))
         u->pool->active--;
     put_pending(u);
+    pool_gauges(u->w, u->pool);
     u->flags |= UP_CLOSING;
     u->req = NULL;
     if (u->refs > 0) {
@@ -319,6 +330,7 @@ enum gw_acquire gw_upstream_acquire(struct gw_req *r, bool fresh, enum gw_reject
         u->reused = true;
         u->req = r;
         p->active++;
+        pool_gauges(w, p);
         r->up = u;
         gw_stat_add(&ss->reused, 1);
         return GW_ACQ_READY;
@@ -347,6 +359,7 @@ enum gw_acquire gw_upstream_acquire(struct gw_req *r, bool fresh, enum gw_reject
     u->pending_on = sh;
     r->up = u;
     p->active++;
+    pool_gauges(w, p);
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     u->fd = fd;
     gw_bufpool_get(&w->out_pool, &u->in);
@@ -389,6 +402,7 @@ void gw_upstream_release(struct gw_req *r, bool reusable)
     u->next = p->idle;
     p->idle = u;
     p->nidle++;
+    pool_gauges(w, p);
     u->in.off = u->in.len = 0;
     /* Idle connections are not watched with a poll (that would cost two
      * ring ops per request); the idle timer closes them, and a reuse

@@ -230,3 +230,31 @@ def test_metrics_parse_with_prometheus_client(gateway_factory, upstream):
     assert rejected and rejected[0].value == 1
     state = fams["gateway_upstream_breaker_state"].samples
     assert [s.value for s in state] == [0] and state[0].labels["server"] == upstream.addr
+
+
+def test_upstream_connections_and_duration(gateway_factory, upstream):
+    """gateway_upstream_connections shows the pooled connection idle after a request and
+    active while one is in flight; gateway_upstream_request_duration_seconds counts each
+    response head and sees a slow upstream in its upper buckets."""
+    from prometheus_client.parser import text_string_to_metric_families
+    gw = gateway_factory(upstreams=[upstream_block("app", upstream.addr)], workers=1)
+    assert gw.get("/ok").status == 200
+    m = gw.wait_metric("gateway_upstream_connections", 1, state="idle")
+    assert m.value("gateway_upstream_connections", state="idle") == 1
+    assert m.value("gateway_upstream_connections", state="active") == 0
+
+    t = __import__("threading").Thread(target=lambda: gw.get("/slow/600", timeout=10))
+    t.start()
+    m = gw.wait_metric("gateway_upstream_connections", 1, state="active")
+    assert m.value("gateway_upstream_connections", state="active") == 1
+    t.join(10)
+
+    text = gw.admin("/metrics").body.decode()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    h = fams["gateway_upstream_request_duration_seconds"]
+    assert h.type == "histogram"
+    count = [s.value for s in h.samples if s.name.endswith("_count")]
+    assert count == [2], h.samples
+    below_half = [s.value for s in h.samples
+                  if s.name.endswith("_bucket") and s.labels["le"] == "0.5"]
+    assert below_half == [1], "the 600 ms response must land above the 0.5 s bucket"
