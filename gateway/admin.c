@@ -186,6 +186,104 @@ static void policy_metrics(struct gw_text *t)
     }
 }
 
+static void json_str(struct gw_text *t, const char *s)
+{
+    gw_text_printf(t, "\"");
+    for (; s != NULL && *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            gw_text_printf(t, "\\%c", ch);
+        else if (ch < 0x20)
+            gw_text_printf(t, "\\u%04x", ch);
+        else
+            gw_text_printf(t, "%c", ch);
+    }
+    gw_text_printf(t, "\"");
+}
+
+/* GET /config: what an operator checks after a reload. The running
+ * generation, its file and load time, routes and upstream servers as
+ * parsed, and each server's breaker state, requests in flight and pool. */
+static void config_json(struct gw_text *t)
+{
+    static const char *const states[] = {"closed", "half_open", "open"};
+    static const char *const keys[] = {"client_ip", "route", "header"};
+    const struct gw_config *cfg = gw_admin.cfg;
+
+    gw_text_printf(t, "{\"generation\":%llu,\"file\":", (unsigned long long)gw_admin.generation);
+    json_str(t, cfg->path);
+    gw_text_printf(t, ",\"loaded_at\":%.3f,\"last_reload_success\":%s,\"workers\":%u,",
+                   gw_admin.loaded_at, gw_admin.last_reload_ok ? "true" : "false", cfg->workers);
+    gw_text_printf(t, "\"listen\":[");
+    for (size_t i = 0; i < cfg->nlistens; i++) {
+        gw_text_printf(t, "%s", i ? "," : "");
+        json_str(t, cfg->listens[i].addr.text);
+    }
+    gw_text_printf(t, "],\"routes\":[");
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        const struct gw_route *r = &cfg->routes[i];
+        gw_text_printf(t, "%s{\"name\":", i ? "," : "");
+        json_str(t, r->name);
+        gw_text_printf(t, ",\"host\":");
+        if (r->host_match == GW_HOST_ANY)
+            json_str(t, "*");
+        else if (r->host_match == GW_HOST_SUFFIX)
+            gw_text_printf(t, "\"*%s\"", r->host); /* validated: nothing to escape */
+        else
+            json_str(t, r->host);
+        gw_text_printf(t, ",\"%s\":", r->path_exact ? "path" : "path_prefix");
+        json_str(t, r->path);
+        gw_text_printf(t, ",\"methods\":");
+        if (r->methods == NULL) {
+            gw_text_printf(t, "null");
+        } else {
+            gw_text_printf(t, "[");
+            for (size_t k = 0; k < r->nmethods; k++) {
+                gw_text_printf(t, "%s", k ? "," : "");
+                json_str(t, r->methods[k]);
+            }
+            gw_text_printf(t, "]");
+        }
+        gw_text_printf(t, ",\"upstream\":");
+        json_str(t, r->upstream->name);
+        gw_text_printf(t, ",\"timeout_ms\":%u,\"retries\":%u,\"rate_limit\":", r->timeout_ms,
+                       r->retries);
+        if (r->rate_limit.enabled)
+            gw_text_printf(t, "{\"rate\":%g,\"burst\":%u,\"key\":\"%s\"}", r->rate_limit.rate,
+                           r->rate_limit.burst, keys[r->rate_limit.key]);
+        else
+            gw_text_printf(t, "null");
+        gw_text_printf(t, "}");
+    }
+    gw_text_printf(t, "],\"upstreams\":[");
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const struct gw_upstream *u = &cfg->upstreams[i];
+        gw_text_printf(t, "%s{\"name\":", i ? "," : "");
+        json_str(t, u->name);
+        gw_text_printf(t, ",\"balance\":\"%s\",\"keepalive\":%u,\"breaker\":%s,\"servers\":[",
+                       u->balance == GW_BALANCE_LEAST_CONN ? "least_conn" : "round_robin",
+                       u->keepalive, u->breaker.enabled ? "true" : "false");
+        for (size_t k = 0; k < u->nservers; k++) {
+            const struct gw_server *s = u->servers[k];
+            int64_t idle, active;
+            enum gw_breaker_state st =
+                u->breaker.enabled ? gw_breaker_state(s->shared->breaker) : GW_BREAKER_CLOSED;
+            gw_metrics_server_conns(s->metrics_slot, &idle, &active);
+            gw_text_printf(t, "%s{\"address\":", k ? "," : "");
+            json_str(t, s->addr.text);
+            gw_text_printf(t,
+                           ",\"breaker_state\":\"%s\",\"requests_active\":%u,"
+                           "\"connections_idle\":%lld,\"connections_active\":%lld}",
+                           states[st],
+                           (unsigned)atomic_load_explicit(&s->shared->active,
+                                                          memory_order_relaxed),
+                           (long long)idle, (long long)active);
+        }
+        gw_text_printf(t, "]}");
+    }
+    gw_text_printf(t, "]}\n");
+}
+
 static void respond(struct client *cl, int status, const char *reason, const char *ctype,
                     const char *body, size_t body_len, bool head)
 {
@@ -230,6 +328,11 @@ static void route(struct client *cl)
         process_metrics(&body);
         respond(cl, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body.p, body.len,
                 head);
+        gw_text_free(&body);
+    } else if (strcmp(path, "/config") == 0 && gw_admin.cfg != NULL) {
+        struct gw_text body = {0};
+        config_json(&body);
+        respond(cl, 200, "OK", "application/json", body.p, body.len, head);
         gw_text_free(&body);
     } else {
         respond(cl, 404, "Not Found", "text/plain", "not found\n", 10, head);

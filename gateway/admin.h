@@ -1,4 +1,4 @@
-/* The admin listener on the main thread: /healthz, /readyz, /metrics. It is
+/* The admin listener on the main thread: /healthz, /readyz, /metrics, /config. It is
  * a separate socket from the data listeners, so admin paths are never
  * reachable through them, and a slow scrape never runs on a data worker. */
 #ifndef GW_ADMIN_H
@@ -19,6 +19,7 @@ struct gw_admin_state {
     bool last_reload_ok;
     double start_time; /* seconds since the epoch */
     const struct gw_config *cfg; /* the running snapshot (main holds it) */
+    double loaded_at;            /* when it was loaded, seconds since the epoch */
 };
 
 extern struct gw_admin_state gw_admin;

@@ -94,6 +94,7 @@ static struct gw_config *reload(const char *path, struct gw_config *running)
     gw_admin.reloads_ok++;
     gw_admin.last_reload_ok = true;
     gw_admin.cfg = cfg;
+    gw_admin.loaded_at = (double)gw_clock_wall_us() / 1e6;
     gw_config_unref(running);
     return cfg;
 }
@@ -178,6 +179,7 @@ int main(int argc, char **argv)
     gw_policy_seed();
     gw_policy_bind(cfg, NULL);
     gw_admin.cfg = cfg;
+    gw_admin.loaded_at = gw_admin.start_time;
     gw_admin.generation = generation;
     gw_admin.last_reload_ok = true;
     if (gw_workers_start(cfg, n, err, sizeof(err)) != 0) {

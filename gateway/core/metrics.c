@@ -85,6 +85,19 @@ void gw_metrics_request(struct gw_worker_stats *ws, unsigned route_slot, int sta
     gw_hist_add(&rs->dur, duration_us);
 }
 
+void gw_metrics_server_conns(unsigned slot, int64_t *idle, int64_t *active)
+{
+    *idle = *active = 0;
+    if (slot >= nservers)
+        return;
+    for (unsigned w = 0; w < nworkers; w++) {
+        *idle += atomic_load_explicit(&workers[w]->servers[slot]->conns_idle,
+                                      memory_order_relaxed);
+        *active += atomic_load_explicit(&workers[w]->servers[slot]->conns_active,
+                                        memory_order_relaxed);
+    }
+}
+
 void gw_hist_add(struct gw_hist *h, uint64_t us)
 {
     unsigned b = 0;

@@ -104,6 +104,9 @@ struct gw_worker_stats *gw_metrics_worker(unsigned worker);
 unsigned gw_metrics_route_slot(const char *route);
 unsigned gw_metrics_server_slot(const char *upstream, const char *server);
 
+/* Pooled connections to a server slot, summed over workers (main thread). */
+void gw_metrics_server_conns(unsigned slot, int64_t *idle, int64_t *active);
+
 /* Records one finished request in a worker's stats. */
 void gw_metrics_request(struct gw_worker_stats *ws, unsigned route_slot, int status,
                         uint64_t duration_us);

@@ -129,6 +129,7 @@ struct gw_req {
     bool retrying;                 /* counted in w->retries_active */
     bool counted_active;           /* counted in w->reqs_active */
     unsigned retries_done;
+    int retry_fail_status;         /* what the failed attempt would have answered */
     uint64_t attempt_start_us;     /* for gateway_upstream_request_duration_seconds */
     uint64_t deadline_at_ms;       /* end of the whole budget */
     size_t dl_off;                 /* deadline value in uout, when dl_on */

@@ -48,6 +48,7 @@ static void resp_send(struct gw_conn *c);
 static void tunnel_continue(struct gw_req *r);
 static void start_attempt(struct gw_req *r);
 static void req_respond_extra(struct gw_req *r, int status, bool close, const char *extra);
+static void req_respond(struct gw_req *r, int status, bool close);
 static bool body_complete(const struct gw_req *r);
 
 /* ---- client socket ops -------------------------------------------------- */
@@ -385,7 +386,7 @@ static void refresh_deadline_header(struct gw_req *r)
 
 /* After a failed attempt (already reported): schedules another one if the
  * rules allow. Returns false when the caller should answer the failure. */
-static bool try_retry(struct gw_req *r, unsigned cond)
+static bool try_retry(struct gw_req *r, unsigned cond, int fail_status)
 {
     const struct gw_route *rt = r->route;
     struct gw_wctx *w = r->c->w;
@@ -410,6 +411,7 @@ static bool try_retry(struct gw_req *r, unsigned cond)
     r->avoid = r->server;
     req_drop_up(r, false);
     r->retries_done++;
+    r->retry_fail_status = fail_status;
     if (!r->retrying) {
         r->retrying = true;
         w->retries_active++;
@@ -454,6 +456,12 @@ static void start_attempt(struct gw_req *r)
                          gw_now_ms + r->route->try_timeout_ms);
         if (got == GW_ACQ_READY)
             gw_req_up_ready(r, 0);
+        return;
+    }
+    if (r->retries_done > 0) {
+        /* No server may take the retry: the client learns how the last
+         * attempt failed, not that a retry could not be placed. */
+        req_respond(r, r->retry_fail_status, !body_complete(r));
         return;
     }
     snprintf(extra, sizeof(extra), "Retry-After: %llu\r\n",
@@ -657,7 +665,7 @@ static void req_fail(struct gw_req *r, int status, enum gw_outcome outcome)
     if (r->server != NULL && outcome < GW_OUTCOME_COUNT) {
         gw_stat_add(&server_stats(r)->outcome[outcome], 1);
         attempt_end(r, false);
-        if (try_retry(r, retry_cond(outcome)))
+        if (try_retry(r, retry_cond(outcome), status))
             return;
     }
     if (r->resp_head_sent || r->pump_down_on) {
@@ -1064,7 +1072,7 @@ static void resp_start(struct gw_req *r, size_t head_len)
     gw_stat_add(&server_stats(r)->outcome[GW_OUTCOME_SUCCESS], 1);
     gw_hist_add(&server_stats(r)->dur, gw_clock_us() - r->attempt_start_us);
     attempt_end(r, !gw_breaker_status_fails(&r->route->upstream->breaker, q->status));
-    if (q->status >= 500 && try_retry(r, GW_RETRY_5XX))
+    if (q->status >= 500 && try_retry(r, GW_RETRY_5XX, q->status))
         return; /* the response is dropped with its connection */
     r->status = q->status;
     r->resp_phase = GW_RESP_BODY;

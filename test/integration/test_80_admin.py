@@ -258,3 +258,37 @@ def test_upstream_connections_and_duration(gateway_factory, upstream):
     below_half = [s.value for s in h.samples
                   if s.name.endswith("_bucket") and s.labels["le"] == "0.5"]
     assert below_half == [1], "the 600 ms response must land above the 0.5 s bucket"
+
+
+def test_config_endpoint(gateway_factory, upstream, refused_port):
+    """GET /config is JSON with the running generation, file and load time, the routes and
+    servers as parsed and each server's breaker state and pool; a reload shows at once."""
+    import json as _json
+    route = route_block("api", "down", path_prefix="/api/", methods=["GET"])
+    route["rate_limit"] = {"rate": 5.0, "burst": 10, "key": "route"}
+    gw = gateway_factory(
+        upstreams=[upstream_block("app", upstream.addr),
+                   upstream_block("down", refused_port.addr, breaker={"failures": 1})],
+        routes=[route, route_block("default", "app")])
+    assert gw.get("/ok").status == 200
+    assert gw.get("/api/x").status == 502
+    r = gw.admin("/config")
+    assert r.status == 200 and r.header("Content-Type") == "application/json"
+    doc = _json.loads(r.body)
+    assert doc["generation"] == 1 and doc["file"].endswith(".conf")
+    assert doc["loaded_at"] > 1.7e9 and doc["last_reload_success"] is True
+    routes = {x["name"]: x for x in doc["routes"]}
+    assert routes["api"]["path_prefix"] == "/api/" and routes["api"]["methods"] == ["GET"]
+    assert routes["api"]["rate_limit"] == {"rate": 5, "burst": 10, "key": "route"}
+    assert routes["default"]["methods"] is None and routes["default"]["host"] == "*"
+    ups = {x["name"]: x for x in doc["upstreams"]}
+    assert ups["down"]["breaker"] is True
+    assert ups["down"]["servers"][0]["breaker_state"] == "open"
+    app = ups["app"]["servers"][0]
+    assert app["address"] == upstream.addr and app["breaker_state"] == "closed"
+    assert app["connections_idle"] == 1 and app["requests_active"] == 0
+
+    gw.reload(lambda s: s["routes"].insert(0, route_block("new", "app", path="/new")))
+    doc = _json.loads(gw.admin("/config").body)
+    assert doc["generation"] == 2
+    assert [x["name"] for x in doc["routes"]] == ["new", "api", "default"]
