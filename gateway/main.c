@@ -175,6 +175,12 @@ int main(int argc, char **argv)
 
     unsigned n = gw_workers_resolve(cfg->workers);
     gw_metrics_init(n);
+    {
+        const char *addrs[GW_METRICS_MAX_LISTENS];
+        for (size_t i = 0; i < cfg->nlistens && i < GW_METRICS_MAX_LISTENS; i++)
+            addrs[i] = cfg->listens[i].addr.text;
+        gw_metrics_set_listeners(addrs, (unsigned)cfg->nlistens);
+    }
     assign_slots(cfg);
     gw_policy_seed();
     gw_policy_bind(cfg, NULL);

@@ -85,6 +85,18 @@ void gw_metrics_request(struct gw_worker_stats *ws, unsigned route_slot, int sta
     gw_hist_add(&rs->dur, duration_us);
 }
 
+static char *listen_names[GW_METRICS_MAX_LISTENS];
+static unsigned nlistens;
+
+void gw_metrics_set_listeners(const char *const *addrs, unsigned n)
+{
+    for (unsigned i = 0; i < n && i < GW_METRICS_MAX_LISTENS; i++) {
+        free(listen_names[i]);
+        listen_names[i] = gw_xstrdup(addrs[i]);
+    }
+    nlistens = n < GW_METRICS_MAX_LISTENS ? n : GW_METRICS_MAX_LISTENS;
+}
+
 void gw_metrics_server_conns(unsigned slot, int64_t *idle, int64_t *active)
 {
     *idle = *active = 0;
@@ -391,10 +403,6 @@ static void render_counter(struct gw_text *out, const char *name, const char *he
 
 void gw_metrics_render(struct gw_text *out)
 {
-    int64_t active = 0;
-    for (unsigned w = 0; w < nworkers; w++)
-        active += atomic_load_explicit(&workers[w]->active, memory_order_relaxed);
-
     render_requests(out);
     render_route_counter(out, "gateway_ratelimit_rejected_total",
                          "Requests answered 429 by the route's rate limit.",
@@ -404,10 +412,17 @@ void gw_metrics_render(struct gw_text *out)
                          offsetof(struct gw_route_stats, deadline_exceeded));
     render_servers(out);
     render_upstreams(out);
-    gw_text_printf(out, "# HELP gateway_connections_active Client connections open now.\n"
-                        "# TYPE gateway_connections_active gauge\n"
-                        "gateway_connections_active %lld\n",
-                   (long long)active);
+    gw_text_printf(out, "# HELP gateway_connections_active Client connections open now, by the "
+                        "listener that accepted them.\n"
+                        "# TYPE gateway_connections_active gauge\n");
+    for (unsigned l = 0; l < nlistens; l++) {
+        int64_t active = 0;
+        for (unsigned w = 0; w < nworkers; w++)
+            active += atomic_load_explicit(&workers[w]->active_by_listen[l], memory_order_relaxed);
+        gw_text_printf(out, "gateway_connections_active{listener=\"");
+        put_label(out, listen_names[l]);
+        gw_text_printf(out, "\"} %lld\n", (long long)active);
+    }
     render_counter(out, "gateway_connections_accepted_total", "Client connections accepted.",
                    SUM_WORKERS(load(&ws->accepted)));
     render_counter(out, "gateway_connections_rejected_total",

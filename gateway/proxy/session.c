@@ -107,6 +107,8 @@ static void conn_free_if_done(struct gw_conn *c)
         c->next->prev = c->prev;
     w->nconns--;
     gw_stat_gauge_add(&w->stats->active, -1);
+    if (c->listen_index < GW_METRICS_MAX_LISTENS)
+        gw_stat_gauge_add(&w->stats->active_by_listen[c->listen_index], -1);
     c->next = w->free_conns;
     w->free_conns = c;
 }
@@ -1690,6 +1692,8 @@ void gw_conn_accepted(struct gw_wctx *w, int fd, unsigned listen_index)
     w->nconns++;
     gw_stat_add(&w->stats->accepted, 1);
     gw_stat_gauge_add(&w->stats->active, 1);
+    if (listen_index < GW_METRICS_MAX_LISTENS)
+        gw_stat_gauge_add(&w->stats->active_by_listen[listen_index], 1);
 
     /* Without TCP_NODELAY the last short segment of a response can wait
      * for the client's delayed ACK (40 ms on Linux): it showed as a p99 of

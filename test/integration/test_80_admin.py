@@ -292,3 +292,28 @@ def test_config_endpoint(gateway_factory, upstream, refused_port):
     doc = _json.loads(gw.admin("/config").body)
     assert doc["generation"] == 2
     assert [x["name"] for x in doc["routes"]] == ["new", "api", "default"]
+
+
+def test_connections_active_by_listener(gateway_factory, upstream):
+    """With two listeners, gateway_connections_active counts each one's open connections
+    under its own listener label."""
+    import socket as _socket
+    from upstream import free_port
+    second = free_port()
+
+    def settings(port, admin_port):
+        from gwtest import gateway_settings
+        s = gateway_settings(port, admin_port, [upstream_block("app", upstream.addr)],
+                             [route_block("default", "app")])
+        s["listen"].append({"address": "127.0.0.1:%d" % second})
+        return s
+    gw = gateway_factory(settings=settings)
+    first = "127.0.0.1:%d" % gw.port
+    held = [_socket.create_connection(("127.0.0.1", second)) for _ in range(3)]
+    try:
+        m = gw.wait_metric("gateway_connections_active", 3, listener="127.0.0.1:%d" % second)
+        assert m.value("gateway_connections_active", listener="127.0.0.1:%d" % second) == 3
+        assert m.value("gateway_connections_active", listener=first) <= 1
+    finally:
+        for s in held:
+            s.close()
