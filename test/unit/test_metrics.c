@@ -27,8 +27,11 @@ static void test_slots_and_render(void)
     gw_metrics_request(gw_metrics_worker(0), GW_METRICS_ROUTE_NONE, 404, 10);
     gw_stat_add(&gw_metrics_worker(0)->servers[s1]->outcome[GW_OUTCOME_SUCCESS], 2);
     gw_stat_add(&gw_metrics_worker(1)->servers[s1]->outcome[GW_OUTCOME_SUCCESS], 1);
-    gw_stat_gauge_add(&gw_metrics_worker(0)->active, 3);
-    gw_stat_gauge_add(&gw_metrics_worker(1)->active, -1);
+    const char *listeners[] = {"0.0.0.0:8080", "[::]:8080"};
+    gw_metrics_set_listeners(listeners, 2);
+    gw_stat_gauge_add(&gw_metrics_worker(0)->active_by_listen[0], 3);
+    gw_stat_gauge_add(&gw_metrics_worker(1)->active_by_listen[0], -1);
+    gw_stat_gauge_add(&gw_metrics_worker(1)->active_by_listen[1], 4);
     gw_stat_add(&gw_metrics_worker(1)->accepted, 5);
 
     gw_metrics_render(&t);
@@ -45,7 +48,8 @@ static void test_slots_and_render(void)
     ok(has(&t, "gateway_upstream_requests_total{upstream=\"app\",server=\"127.0.0.1:9000\","
                "outcome=\"success\"} 3\n"),
        "upstream outcomes");
-    ok(has(&t, "gateway_connections_active 2\n"), "gauge summed");
+    ok(has(&t, "gateway_connections_active{listener=\"0.0.0.0:8080\"} 2\n"), "gauge summed");
+    ok(has(&t, "gateway_connections_active{listener=\"[::]:8080\"} 4\n"), "by listener");
     ok(has(&t, "gateway_connections_accepted_total 5\n"), "accepted");
 
     /* Every sample line belongs to a family announced with HELP and TYPE. */
