@@ -268,6 +268,16 @@ static void render_route_counter(struct gw_text *out, const char *name, const ch
 static const char *const reject_names[GW_REJECT_COUNT] = {"breaker_open", "max_requests",
                                                           "max_pending"};
 
+/* Is slot s the first server slot of its upstream? Families labelled by
+ * upstream alone print one series there. */
+static bool first_of_upstream(unsigned s)
+{
+    for (unsigned t = 0; t < s; t++)
+        if (strcmp(server_names[t].upstream, server_names[s].upstream) == 0)
+            return false;
+    return true;
+}
+
 /* Families labelled by upstream alone: the sum over its servers' slots. */
 static void render_upstreams(struct gw_text *out)
 {
@@ -275,11 +285,7 @@ static void render_upstreams(struct gw_text *out)
                         "attempt, by upstream.\n# TYPE gateway_upstream_retries_total counter\n");
     for (unsigned s = 0; s < nservers; s++) {
         uint64_t v = 0;
-        bool first = true;
-        for (unsigned t = 0; t < nservers && first; t++)
-            if (t < s && strcmp(server_names[t].upstream, server_names[s].upstream) == 0)
-                first = false;
-        if (!first)
+        if (!first_of_upstream(s))
             continue;
         for (unsigned t = s; t < nservers; t++)
             if (strcmp(server_names[t].upstream, server_names[s].upstream) == 0)
@@ -292,11 +298,7 @@ static void render_upstreams(struct gw_text *out)
                         "contacting the upstream, by reason.\n"
                         "# TYPE gateway_upstream_rejected_total counter\n");
     for (unsigned s = 0; s < nservers; s++) {
-        bool first = true;
-        for (unsigned t = 0; t < s && first; t++)
-            if (strcmp(server_names[t].upstream, server_names[s].upstream) == 0)
-                first = false;
-        if (!first)
+        if (!first_of_upstream(s))
             continue;
         for (unsigned k = 0; k < GW_REJECT_COUNT; k++) {
             uint64_t v = 0;
