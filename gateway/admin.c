@@ -41,23 +41,53 @@ static int listen_fd = -1;
 static struct client clients[MAX_CLIENTS];
 static unsigned nclients;
 
-int gw_admin_open(const struct gw_sockaddr *addr, char *err, size_t errlen)
+static int admin_bind(const struct gw_sockaddr *addr)
 {
-    int one = 1;
+    int one = 1, e;
     int fd = socket(addr->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
-    if (fd == -1) {
-        snprintf(err, errlen, "admin listener %s: %s", addr->text, strerror(errno));
+    if (fd == -1)
+        return -1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (addr->sa.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)&addr->sa, addr->len) == -1 || listen(fd, 64) == -1) {
+        e = errno;
+        close(fd);
+        errno = e;
         return -1;
     }
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, (const struct sockaddr *)&addr->sa, addr->len) == -1 || listen(fd, 64) == -1) {
+    return fd;
+}
+
+static struct gw_sockaddr bound; /* the address listen_fd is bound to */
+
+int gw_admin_open(const struct gw_sockaddr *addr, char *err, size_t errlen)
+{
+    int fd = admin_bind(addr);
+
+    /* A reload moving the admin listener to an address that overlaps the
+     * old one (127.0.0.1:9901 -> 0.0.0.0:9901): let go of the old socket
+     * first, and take it back if the new one still cannot be bound. */
+    if (fd == -1 && errno == EADDRINUSE && listen_fd >= 0) {
+        close(listen_fd);
+        listen_fd = -1;
+        fd = admin_bind(addr);
+        if (fd == -1) {
+            int e = errno;
+            listen_fd = admin_bind(&bound);
+            errno = e;
+        }
+    }
+    if (fd == -1) {
         snprintf(err, errlen, "cannot listen on admin address %s: %s%s", addr->text,
                  strerror(errno), errno == EADDRINUSE ? " (another process holds the port)" : "");
-        close(fd);
         return -1;
     }
+    if (listen_fd >= 0)
+        close(listen_fd);
     listen_fd = fd;
+    bound = *addr;
     return 0;
 }
 

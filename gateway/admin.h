@@ -24,7 +24,9 @@ struct gw_admin_state {
 
 extern struct gw_admin_state gw_admin;
 
-/* Binds the admin address. Returns 0 or -1 with the reason in err. */
+/* Binds the admin address, replacing the socket of a previous call (clients
+ * being served keep their connections). Returns 0, or -1 with the reason in
+ * err and the previous socket still listening. */
 int gw_admin_open(const struct gw_sockaddr *addr, char *err, size_t errlen);
 /* Adds the admin sockets to fds (at most max); returns how many. */
 unsigned gw_admin_pollfds(struct pollfd *fds, unsigned max);

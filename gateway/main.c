@@ -56,6 +56,16 @@ static void raise_fd_limit(const struct gw_config *cfg)
 
 static void assign_slots(struct gw_config *cfg)
 {
+    unsigned live[GW_METRICS_MAX_LISTENS];
+
+    for (size_t i = 0; i < cfg->nlistens; i++) {
+        cfg->listens[i].slot = gw_metrics_listen_slot(cfg->listens[i].addr.text);
+        if (i < GW_METRICS_MAX_LISTENS)
+            live[i] = cfg->listens[i].slot;
+    }
+    gw_metrics_listeners_live(live, cfg->nlistens < GW_METRICS_MAX_LISTENS
+                                        ? (unsigned)cfg->nlistens
+                                        : GW_METRICS_MAX_LISTENS);
     for (size_t i = 0; i < cfg->nroutes; i++)
         cfg->routes[i].metrics_slot = gw_metrics_route_slot(cfg->routes[i].name);
     for (size_t i = 0; i < cfg->nservers; i++)
@@ -78,13 +88,22 @@ static struct gw_config *reload(const char *path, struct gw_config *running)
         gw_admin.last_reload_ok = false;
         return running;
     }
+    /* New listen and admin addresses must be bindable before anything
+     * changes, or the reload fails as a bad file does. */
+    if (gw_workers_check_listen(cfg, running, err, sizeof(err)) != 0 ||
+        (strcmp(cfg->admin.text, running->admin.text) != 0 &&
+         gw_admin_open(&cfg->admin, err, sizeof(err)) != 0)) {
+        gw_log_error("reload failed, keeping generation %llu: %s", (unsigned long long)generation,
+                     err);
+        gw_config_unref(cfg);
+        gw_admin.reloads_failed++;
+        gw_admin.last_reload_ok = false;
+        return running;
+    }
     if (cfg->workers != running->workers)
-        gw_log_error("reload: 'workers' changed from %u to %u; that takes a restart",
-                     running->workers, cfg->workers);
-    /* Listener and admin address changes need new sockets; until the reload
-     * issue lands they take a restart too, and we say so. */
-    if (cfg->nlistens != running->nlistens)
-        gw_log_error("reload: listener changes take a restart");
+        gw_log_error("reload: 'workers' changed from %u to %u; that takes a restart, "
+                     "until then %u workers serve",
+                     running->workers, cfg->workers, gw_workers_resolve(running->workers));
     assign_slots(cfg);
     gw_policy_bind(cfg, running);
     gw_workers_publish(cfg);
@@ -175,12 +194,6 @@ int main(int argc, char **argv)
 
     unsigned n = gw_workers_resolve(cfg->workers);
     gw_metrics_init(n);
-    {
-        const char *addrs[GW_METRICS_MAX_LISTENS];
-        for (size_t i = 0; i < cfg->nlistens && i < GW_METRICS_MAX_LISTENS; i++)
-            addrs[i] = cfg->listens[i].addr.text;
-        gw_metrics_set_listeners(addrs, (unsigned)cfg->nlistens);
-    }
     assign_slots(cfg);
     gw_policy_seed();
     gw_policy_bind(cfg, NULL);

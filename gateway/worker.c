@@ -36,10 +36,18 @@ enum {
     WS_DONE,
 };
 
+/* One worker's socket for one listen address. A reload that keeps the
+ * address keeps the socket; one that drops it retires the listener: its
+ * accept is cancelled, what is already in its backlog is accepted, and then
+ * it is closed and freed. */
 struct listener {
     struct gw_worker *wk;
+    struct listener *next;
+    struct gw_sockaddr addr;
+    unsigned slot; /* gw_listen.slot */
     int fd;
     bool armed;
+    bool closing; /* retired by a reload */
     struct gw_op accept_op;
     struct gw_timer retry;  /* re-arm after a resource error (EMFILE...) */
     uint64_t last_log_ms;
@@ -53,7 +61,6 @@ struct gw_worker {
     struct gw_op ev_op;
     bool ev_armed;
     struct listener *ls;
-    unsigned nls;
     unsigned listeners_armed;
     struct gw_config *start_cfg;
     unsigned nworkers;
@@ -88,7 +95,7 @@ static void arm_accept(struct listener *l)
 {
     struct io_uring_sqe *sqe;
 
-    if (l->armed || l->fd < 0 || atomic_load(&drain_flag))
+    if (l->armed || l->fd < 0 || l->closing || atomic_load(&drain_flag))
         return;
     sqe = gw_ring_sqe(&l->wk->ctx.ring);
     io_uring_prep_multishot_accept(sqe, l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -102,6 +109,8 @@ static void on_accept_retry(struct gw_timer *t)
     arm_accept(container_of(t, struct listener, retry));
 }
 
+static void listener_finish(struct listener *l);
+
 static void on_accept(struct gw_op *op, int res, unsigned flags)
 {
     struct listener *l = container_of(op, struct listener, accept_op);
@@ -111,10 +120,15 @@ static void on_accept(struct gw_op *op, int res, unsigned flags)
         l->armed = false;
         wk->listeners_armed--;
     }
-    if (res >= 0) {
-        gw_conn_accepted(&wk->ctx, res, (unsigned)(l - wk->ls));
-    } else if (res != -ECANCELED && res != -EAGAIN && res != -ECONNABORTED &&
-               res != -EINTR) {
+    if (res >= 0)
+        gw_conn_accepted(&wk->ctx, res, l->slot);
+    if (l->closing) {
+        if (!l->armed)
+            listener_finish(l);
+        return;
+    }
+    if (res < 0 && res != -ECANCELED && res != -EAGAIN && res != -ECONNABORTED &&
+        res != -EINTR) {
         /* EMFILE, ENFILE, ENOBUFS, ENOMEM: out of a resource that frees up
          * as connections close. Accepting again at once would spin on the
          * same error, so pause this listener briefly (as nginx does) and
@@ -171,18 +185,99 @@ static int open_listener(const struct gw_sockaddr *a, bool reuseport, char *err,
      * beside it, as nginx does. */
     if (a->sa.ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-    if (bind(fd, (const struct sockaddr *)&a->sa, a->len) == -1) {
-        snprintf(err, errlen, "cannot listen on %s: %s%s", a->text, strerror(errno),
-                 errno == EADDRINUSE ? " (another process holds the port)" : "");
+    if (bind(fd, (const struct sockaddr *)&a->sa, a->len) == -1 || listen(fd, 4096) == -1) {
+        int e = errno;
+        snprintf(err, errlen, "cannot listen on %s: %s%s", a->text, strerror(e),
+                 e == EADDRINUSE ? " (another process holds the port)" : "");
         close(fd);
-        return -1;
-    }
-    if (listen(fd, 4096) == -1) {
-        snprintf(err, errlen, "cannot listen on %s: %s", a->text, strerror(errno));
-        close(fd);
+        errno = e; /* for the caller's EADDRINUSE check */
         return -1;
     }
     return fd;
+}
+
+static int add_listener(struct gw_worker *wk, const struct gw_listen *ln, char *err,
+                        size_t errlen)
+{
+    struct listener *l;
+    int fd = open_listener(&ln->addr, true, err, errlen);
+
+    if (fd < 0)
+        return -1;
+    l = gw_xcalloc(1, sizeof(*l));
+    l->wk = wk;
+    l->addr = ln->addr;
+    l->slot = ln->slot;
+    l->fd = fd;
+    l->accept_op.cb = on_accept;
+    gw_timer_init(&l->retry, on_accept_retry);
+    l->next = wk->ls;
+    wk->ls = l;
+    arm_accept(l);
+    return 0;
+}
+
+/* A retired listener whose accept is no longer armed: take in what already
+ * sits in its backlog (closing would reset those connections; the other
+ * workers' sockets of the address are gone too), then close it. */
+static void listener_finish(struct listener *l)
+{
+    struct gw_worker *wk = l->wk;
+    struct listener **pp;
+    int fd;
+
+    while ((fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0)
+        gw_conn_accepted(&wk->ctx, fd, l->slot);
+    close(l->fd);
+    gw_timer_cancel(&wk->ctx.timers, &l->retry);
+    for (pp = &wk->ls; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == l) {
+            *pp = l->next;
+            break;
+        }
+    free(l);
+}
+
+static void retire_listener(struct listener *l)
+{
+    struct io_uring_sqe *sqe;
+
+    l->closing = true;
+    gw_timer_cancel(&l->wk->ctx.timers, &l->retry);
+    if (!l->armed) {
+        listener_finish(l);
+        return;
+    }
+    sqe = gw_ring_sqe(&l->wk->ctx.ring);
+    io_uring_prep_cancel(sqe, &l->accept_op, 0);
+    gw_sqe_op(sqe, NULL);
+}
+
+/* Makes the worker's sockets match cfg's listen addresses: unchanged ones
+ * are kept (no accept gap), dropped ones retired, new ones opened. Main
+ * checked that the new ones could be bound before publishing cfg. */
+static void sync_listeners(struct gw_worker *wk, const struct gw_config *cfg)
+{
+    struct listener *l, *next;
+    char err[256];
+
+    for (l = wk->ls; l != NULL; l = next) {
+        bool keep = false;
+        next = l->next;
+        for (size_t i = 0; i < cfg->nlistens && !keep; i++)
+            keep = cfg->listens[i].slot == l->slot;
+        if (!keep && !l->closing) {
+            gw_log_error("worker %u: no longer listening on %s", wk->ctx.id, l->addr.text);
+            retire_listener(l);
+        }
+    }
+    for (size_t i = 0; i < cfg->nlistens; i++) {
+        bool have = false;
+        for (l = wk->ls; l != NULL && !have; l = l->next)
+            have = l->slot == cfg->listens[i].slot && !l->closing;
+        if (!have && add_listener(wk, &cfg->listens[i], err, sizeof(err)) != 0)
+            gw_log_error("worker %u: %s", wk->ctx.id, err);
+    }
 }
 
 static void switch_config(struct gw_worker *wk)
@@ -197,6 +292,8 @@ static void switch_config(struct gw_worker *wk)
         struct gw_cfgref *old = wk->ctx.cur;
         wk->ctx.cur = gw_cfgref_new(&wk->ctx, cfg);
         gw_cfgref_release(&wk->ctx, old);
+        if (!wk->ctx.draining)
+            sync_listeners(wk, cfg);
     }
     atomic_store_explicit(&wk->seen_gen, gen, memory_order_release);
 }
@@ -206,8 +303,7 @@ static void start_drain(struct gw_worker *wk)
     struct io_uring_sqe *sqe;
 
     wk->ctx.draining = true;
-    for (unsigned i = 0; i < wk->nls; i++) {
-        struct listener *l = &wk->ls[i];
+    for (struct listener *l = wk->ls; l != NULL; l = l->next) {
         gw_timer_cancel(&wk->ctx.timers, &l->retry);
         if (l->armed) {
             sqe = gw_ring_sqe(&wk->ctx.ring);
@@ -260,18 +356,9 @@ static void *worker_main(void *arg)
         gw_bufpool_init(&w->out_pool, hb + GW_UP_BUF_BODY);
     }
 
-    wk->nls = (unsigned)cfg->nlistens;
-    wk->ls = gw_xcalloc(wk->nls, sizeof(*wk->ls));
-    for (unsigned i = 0; i < wk->nls; i++) {
-        struct listener *l = &wk->ls[i];
-        l->wk = wk;
-        l->accept_op.cb = on_accept;
-        gw_timer_init(&l->retry, on_accept_retry);
-        l->fd = open_listener(&cfg->listens[i].addr, true, wk->err, sizeof(wk->err));
-        if (l->fd < 0)
+    for (size_t i = 0; i < cfg->nlistens; i++)
+        if (add_listener(wk, &cfg->listens[i], wk->err, sizeof(wk->err)) != 0)
             goto fail;
-        arm_accept(l);
-    }
     wk->ev_op.cb = on_event;
     arm_event(wk);
     atomic_store(&wk->state, WS_RUNNING);
@@ -354,20 +441,52 @@ unsigned gw_workers_resolve(unsigned n)
     return n > GW_METRICS_MAX_WORKERS ? GW_METRICS_MAX_WORKERS : n;
 }
 
-int gw_workers_start(struct gw_config *cfg, unsigned n, char *err, size_t errlen)
+static uint16_t port_of(const struct gw_sockaddr *a)
 {
-    char probe_err[512];
+    if (a->sa.ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)&a->sa)->sin6_port);
+    return ntohs(((const struct sockaddr_in *)&a->sa)->sin_port);
+}
 
+int gw_workers_check_listen(const struct gw_config *cfg, const struct gw_config *running,
+                            char *err, size_t errlen)
+{
     /* With SO_REUSEPORT a second gateway on the same port would silently
      * share it; a plain bind first tells "port in use" clearly. */
     for (size_t i = 0; i < cfg->nlistens; i++) {
-        int fd = open_listener(&cfg->listens[i].addr, false, probe_err, sizeof(probe_err));
+        const struct gw_sockaddr *a = &cfg->listens[i].addr;
+        const char *ours = NULL;
+        bool kept = false;
+        int fd;
+
+        for (size_t j = 0; running != NULL && j < running->nlistens && !kept; j++) {
+            kept = strcmp(running->listens[j].addr.text, a->text) == 0;
+            if (port_of(&running->listens[j].addr) == port_of(a))
+                ours = running->listens[j].addr.text;
+        }
+        if (kept)
+            continue;
+        fd = open_listener(a, false, err, errlen);
         if (fd < 0) {
-            snprintf(err, errlen, "%s", probe_err);
+            /* 127.0.0.1:80 -> 0.0.0.0:80 in one reload overlaps our own
+             * socket; say that rather than blame another process. */
+            if (errno == EADDRINUSE && ours != NULL)
+                snprintf(err, errlen,
+                         "cannot listen on %s: it overlaps %s, which the running config "
+                         "listens on; remove that one in one reload and add this in the next, "
+                         "or restart",
+                         a->text, ours);
             return -1;
         }
         close(fd);
     }
+    return 0;
+}
+
+int gw_workers_start(struct gw_config *cfg, unsigned n, char *err, size_t errlen)
+{
+    if (gw_workers_check_listen(cfg, NULL, err, errlen) != 0)
+        return -1;
 
     nworkers = n;
     workers = gw_xcalloc(n, sizeof(*workers));

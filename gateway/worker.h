@@ -15,6 +15,11 @@
  * Returns 0, or -1 with the first failure's reason in err. */
 int gw_workers_start(struct gw_config *cfg, unsigned n, char *err, size_t errlen);
 
+/* Checks that cfg's listen addresses that running (NULL at start) does not
+ * have can be bound: 0, or -1 with the reason in err. */
+int gw_workers_check_listen(const struct gw_config *cfg, const struct gw_config *running,
+                            char *err, size_t errlen);
+
 /* Makes cfg (with generation set) the config new requests use. Takes a
  * reference; the previous snapshot is released once every worker has
  * switched (gw_workers_tick). */

@@ -36,6 +36,7 @@ struct gw_sockaddr {
 struct gw_listen {
     struct gw_sockaddr addr;
     char *deadline_header; /* NULL: the route's (or the default) applies */
+    unsigned slot;         /* set by main: the same for the same address across reloads */
 };
 
 /* A CIDR block of trusted proxies: "10.0.0.0/8", "::1/128", "127.0.0.1". */

@@ -86,15 +86,26 @@ void gw_metrics_request(struct gw_worker_stats *ws, unsigned route_slot, int sta
 }
 
 static char *listen_names[GW_METRICS_MAX_LISTENS];
+static bool listen_live[GW_METRICS_MAX_LISTENS];
 static unsigned nlistens;
 
-void gw_metrics_set_listeners(const char *const *addrs, unsigned n)
+unsigned gw_metrics_listen_slot(const char *addr)
 {
-    for (unsigned i = 0; i < n && i < GW_METRICS_MAX_LISTENS; i++) {
-        free(listen_names[i]);
-        listen_names[i] = gw_xstrdup(addrs[i]);
-    }
-    nlistens = n < GW_METRICS_MAX_LISTENS ? n : GW_METRICS_MAX_LISTENS;
+    for (unsigned i = 0; i < nlistens; i++)
+        if (strcmp(listen_names[i], addr) == 0)
+            return i;
+    if (nlistens == GW_METRICS_MAX_LISTENS)
+        return GW_METRICS_MAX_LISTENS;
+    listen_names[nlistens] = gw_xstrdup(addr);
+    return nlistens++;
+}
+
+void gw_metrics_listeners_live(const unsigned *slots, unsigned n)
+{
+    memset(listen_live, 0, sizeof(listen_live));
+    for (unsigned i = 0; i < n; i++)
+        if (slots[i] < GW_METRICS_MAX_LISTENS)
+            listen_live[slots[i]] = true;
 }
 
 void gw_metrics_server_conns(unsigned slot, int64_t *idle, int64_t *active)
@@ -421,6 +432,9 @@ void gw_metrics_render(struct gw_text *out)
         int64_t active = 0;
         for (unsigned w = 0; w < nworkers; w++)
             active += atomic_load_explicit(&workers[w]->active_by_listen[l], memory_order_relaxed);
+        /* A listener removed by a reload stays while its connections do. */
+        if (!listen_live[l] && active == 0)
+            continue;
         gw_text_printf(out, "gateway_connections_active{listener=\"");
         put_label(out, listen_names[l]);
         gw_text_printf(out, "\"} %lld\n", (long long)active);

@@ -19,7 +19,7 @@
 #define GW_METRICS_MAX_WORKERS 256
 #define GW_METRICS_MAX_SLOTS 1024
 #define GW_METRICS_ROUTE_NONE 0 /* slot of requests that matched no route */
-#define GW_METRICS_MAX_LISTENS 64
+#define GW_METRICS_MAX_LISTENS 256
 
 /* Upper bounds of the request duration histogram, in microseconds. */
 #define GW_DURATION_BUCKETS 14
@@ -74,7 +74,7 @@ struct gw_server_stats {
 struct gw_worker_stats {
     _Atomic uint64_t accepted;
     _Atomic int64_t active;
-    _Atomic int64_t active_by_listen[GW_METRICS_MAX_LISTENS]; /* by gw_config.listens index */
+    _Atomic int64_t active_by_listen[GW_METRICS_MAX_LISTENS]; /* by gw_listen.slot */
     _Atomic uint64_t cq_overflow;
     _Atomic uint64_t log_dropped;
     _Atomic uint64_t rejected_conns; /* over max_connections */
@@ -109,9 +109,13 @@ unsigned gw_metrics_server_slot(const char *upstream, const char *server);
 /* Pooled connections to a server slot, summed over workers (main thread). */
 void gw_metrics_server_conns(unsigned slot, int64_t *idle, int64_t *active);
 
-/* Main thread, at start: the listener addresses, for the listener label of
- * gateway_connections_active (listener changes take a restart). */
-void gw_metrics_set_listeners(const char *const *addrs, unsigned n);
+/* Main thread: the slot of a listener address (the listener label of
+ * gateway_connections_active), the same for the same address across
+ * reloads; GW_METRICS_MAX_LISTENS when the table is full (not counted). */
+unsigned gw_metrics_listen_slot(const char *addr);
+/* Main thread: the slots of the running config's listeners. Others are
+ * rendered only while they still have connections. */
+void gw_metrics_listeners_live(const unsigned *slots, unsigned n);
 
 /* Records one finished request in a worker's stats. */
 void gw_metrics_request(struct gw_worker_stats *ws, unsigned route_slot, int status,

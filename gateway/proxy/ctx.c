@@ -119,6 +119,13 @@ static struct gw_pool *pool_for(struct gw_wctx *w, const struct gw_server *s)
 struct gw_cfgref *gw_cfgref_new(struct gw_wctx *w, struct gw_config *cfg)
 {
     struct gw_cfgref *ref = gw_xcalloc(1, sizeof(*ref));
+
+    /* cfg becomes current: the pools of servers it no longer lists close
+     * their idle connections, and the requests still using them (on an
+     * older snapshot) close theirs when done. The pool itself stays, in
+     * case a later config lists the address again. */
+    for (struct gw_pool *p = w->pools; p; p = p->next)
+        p->retired = true;
     ref->cfg = gw_config_ref(cfg);
     ref->users = 1;
     ref->pools = gw_xcalloc(cfg->nservers ? cfg->nservers : 1, sizeof(*ref->pools));
@@ -128,7 +135,11 @@ struct gw_cfgref *gw_cfgref_new(struct gw_wctx *w, struct gw_config *cfg)
         /* The slot of a name never changes, but a pool may have been made
          * for an address before its upstream was renamed. */
         ref->pools[i]->stats_slot = cfg->servers[i].metrics_slot;
+        ref->pools[i]->retired = false;
     }
+    for (struct gw_pool *p = w->pools; p; p = p->next)
+        if (p->retired)
+            gw_pool_close_idle(p);
     return ref;
 }
 

@@ -51,6 +51,7 @@ struct gw_pool {
     struct gw_upconn *idle; /* LIFO: the most recently used first */
     unsigned nidle;
     unsigned active; /* connections serving a request (least_conn) */
+    bool retired;    /* not in the current config: keeps no idle connections */
     struct gw_pool *next;
 };
 
@@ -220,7 +221,7 @@ struct gw_conn {
     unsigned peer_len;
     int peer_family;       /* AF_INET, AF_INET6 or 0 */
     uint8_t peer_addr[16]; /* for trusted_proxies */
-    unsigned listen_index; /* which configured listener accepted it */
+    unsigned listen_slot; /* gw_listen.slot of the listener that accepted it */
     unsigned requests;
     struct gw_conn *prev, *next; /* the worker's list of open connections */
 };
@@ -284,7 +285,7 @@ void gw_log_access(struct gw_wctx *w, const struct gw_req *r);
 void gw_log_flush(struct gw_wctx *w);
 
 /* session.c */
-void gw_conn_accepted(struct gw_wctx *w, int fd, unsigned listen_index);
+void gw_conn_accepted(struct gw_wctx *w, int fd, unsigned listen_slot);
 /* Draining: close idle connections, make busy ones close after their
  * response. */
 void gw_conns_drain(struct gw_wctx *w);
@@ -312,6 +313,8 @@ void gw_upstream_release(struct gw_req *r, bool reusable);
 void gw_upconn_send(struct gw_upconn *u, const char *p, size_t n);
 void gw_upconn_recv(struct gw_upconn *u);
 void gw_pools_close_idle(struct gw_wctx *w);
+/* Closes the idle connections of one pool. */
+void gw_pool_close_idle(struct gw_pool *p);
 
 /* Callbacks from upstream.c into session.c. */
 void gw_req_up_ready(struct gw_req *r, int err);

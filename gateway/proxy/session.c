@@ -107,8 +107,8 @@ static void conn_free_if_done(struct gw_conn *c)
         c->next->prev = c->prev;
     w->nconns--;
     gw_stat_gauge_add(&w->stats->active, -1);
-    if (c->listen_index < GW_METRICS_MAX_LISTENS)
-        gw_stat_gauge_add(&w->stats->active_by_listen[c->listen_index], -1);
+    if (c->listen_slot < GW_METRICS_MAX_LISTENS)
+        gw_stat_gauge_add(&w->stats->active_by_listen[c->listen_slot], -1);
     c->next = w->free_conns;
     w->free_conns = c;
 }
@@ -1441,8 +1441,13 @@ static const char *deadline_header(const struct gw_req *r)
     const struct gw_config *cfg = r->cfgref->cfg;
     const char *name = r->route->deadline_header;
 
-    if (name == NULL && r->c->listen_index < cfg->nlistens)
-        name = cfg->listens[r->c->listen_index].deadline_header;
+    /* The listener may have been removed by a reload since it accepted
+     * this connection; then the default applies. */
+    for (size_t i = 0; name == NULL && i < cfg->nlistens; i++)
+        if (cfg->listens[i].slot == r->c->listen_slot) {
+            name = cfg->listens[i].deadline_header;
+            break;
+        }
     if (name == NULL)
         name = GW_DEADLINE_HEADER;
     return name[0] != '\0' ? name : NULL;
@@ -1662,7 +1667,7 @@ static void conn_closing_progress(struct gw_conn *c)
         conn_free_if_done(c);
 }
 
-void gw_conn_accepted(struct gw_wctx *w, int fd, unsigned listen_index)
+void gw_conn_accepted(struct gw_wctx *w, int fd, unsigned listen_slot)
 {
     struct gw_conn *c;
     struct sockaddr_storage ss;
@@ -1683,7 +1688,7 @@ void gw_conn_accepted(struct gw_wctx *w, int fd, unsigned listen_index)
     c->fd = fd;
     c->recv_op.cb = on_recv;
     c->send_op.cb = on_send;
-    c->listen_index = listen_index;
+    c->listen_slot = listen_slot;
     gw_timer_init(&c->timer, on_conn_timer);
     c->next = w->conns;
     if (w->conns)
@@ -1692,8 +1697,8 @@ void gw_conn_accepted(struct gw_wctx *w, int fd, unsigned listen_index)
     w->nconns++;
     gw_stat_add(&w->stats->accepted, 1);
     gw_stat_gauge_add(&w->stats->active, 1);
-    if (listen_index < GW_METRICS_MAX_LISTENS)
-        gw_stat_gauge_add(&w->stats->active_by_listen[listen_index], 1);
+    if (listen_slot < GW_METRICS_MAX_LISTENS)
+        gw_stat_gauge_add(&w->stats->active_by_listen[listen_slot], 1);
 
     /* Without TCP_NODELAY the last short segment of a response can wait
      * for the client's delayed ACK (40 ms on Linux): it showed as a p99 of

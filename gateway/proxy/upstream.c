@@ -391,7 +391,7 @@ void gw_upstream_release(struct gw_req *r, bool reusable)
     r->up = NULL;
     w = u->w;
     p = u->pool;
-    if (!reusable || u->refs > 0 || u->in.len > 0 || w->draining ||
+    if (!reusable || u->refs > 0 || u->in.len > 0 || w->draining || p->retired ||
         p->nidle >= r->route->upstream->keepalive) {
         upconn_close(u);
         return;
@@ -411,9 +411,14 @@ void gw_upstream_release(struct gw_req *r, bool reusable)
                  gw_now_ms + r->cfgref->cfg->limits.idle_timeout_ms);
 }
 
+void gw_pool_close_idle(struct gw_pool *p)
+{
+    while (p->idle)
+        upconn_close(p->idle);
+}
+
 void gw_pools_close_idle(struct gw_wctx *w)
 {
     for (struct gw_pool *p = w->pools; p; p = p->next)
-        while (p->idle)
-            upconn_close(p->idle);
+        gw_pool_close_idle(p);
 }

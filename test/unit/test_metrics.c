@@ -27,11 +27,18 @@ static void test_slots_and_render(void)
     gw_metrics_request(gw_metrics_worker(0), GW_METRICS_ROUTE_NONE, 404, 10);
     gw_stat_add(&gw_metrics_worker(0)->servers[s1]->outcome[GW_OUTCOME_SUCCESS], 2);
     gw_stat_add(&gw_metrics_worker(1)->servers[s1]->outcome[GW_OUTCOME_SUCCESS], 1);
-    const char *listeners[] = {"0.0.0.0:8080", "[::]:8080"};
-    gw_metrics_set_listeners(listeners, 2);
-    gw_stat_gauge_add(&gw_metrics_worker(0)->active_by_listen[0], 3);
-    gw_stat_gauge_add(&gw_metrics_worker(1)->active_by_listen[0], -1);
-    gw_stat_gauge_add(&gw_metrics_worker(1)->active_by_listen[1], 4);
+    unsigned l4 = gw_metrics_listen_slot("0.0.0.0:8080");
+    unsigned l6 = gw_metrics_listen_slot("[::]:8080");
+    unsigned lgone = gw_metrics_listen_slot("127.0.0.1:8081");
+    unsigned lold = gw_metrics_listen_slot("127.0.0.1:8082");
+    is(gw_metrics_listen_slot("[::]:8080"), l6, "listener slot stable");
+    ok(l4 != l6 && l6 != lgone, "listener slots distinct");
+    unsigned live[] = {l4, l6};
+    gw_metrics_listeners_live(live, 2);
+    gw_stat_gauge_add(&gw_metrics_worker(0)->active_by_listen[l4], 3);
+    gw_stat_gauge_add(&gw_metrics_worker(1)->active_by_listen[l4], -1);
+    gw_stat_gauge_add(&gw_metrics_worker(1)->active_by_listen[l6], 4);
+    gw_stat_gauge_add(&gw_metrics_worker(1)->active_by_listen[lold], 1);
     gw_stat_add(&gw_metrics_worker(1)->accepted, 5);
 
     gw_metrics_render(&t);
@@ -50,6 +57,9 @@ static void test_slots_and_render(void)
        "upstream outcomes");
     ok(has(&t, "gateway_connections_active{listener=\"0.0.0.0:8080\"} 2\n"), "gauge summed");
     ok(has(&t, "gateway_connections_active{listener=\"[::]:8080\"} 4\n"), "by listener");
+    ok(!has(&t, "listener=\"127.0.0.1:8081\""), "a removed listener without connections is gone");
+    ok(has(&t, "gateway_connections_active{listener=\"127.0.0.1:8082\"} 1\n"),
+       "a removed listener stays while it has connections");
     ok(has(&t, "gateway_connections_accepted_total 5\n"), "accepted");
 
     /* Every sample line belongs to a family announced with HELP and TYPE. */
