@@ -23,10 +23,11 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: gateway [-t] -c FILE\n"
+    fprintf(f, "usage: gateway [-t|-T] -c FILE\n"
                "       gateway -V\n"
                "  -c FILE  run with this config file (libconfig)\n"
                "  -t       check the config file and exit: 0 valid, 1 invalid\n"
+               "  -T       check it and print the effective config, defaults included\n"
                "  -V       print the version and exit\n");
 }
 
@@ -121,7 +122,7 @@ static struct gw_config *reload(const char *path, struct gw_config *running)
 int main(int argc, char **argv)
 {
     const char *path = NULL;
-    bool test_only = false;
+    bool test_only = false, dump = false;
     struct gw_config *cfg, *running;
     char err[1024];
     sigset_t mask;
@@ -130,13 +131,16 @@ int main(int argc, char **argv)
     uint64_t drain_deadline = 0;
     bool draining = false;
 
-    while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+    while ((opt = getopt(argc, argv, "c:tTVh")) != -1) {
         switch (opt) {
         case 'c':
             path = optarg;
             break;
         case 't':
             test_only = true;
+            break;
+        case 'T':
+            test_only = dump = true;
             break;
         case 'V':
             printf("gateway %s\n", GW_VERSION);
@@ -158,6 +162,8 @@ int main(int argc, char **argv)
         return 1;
     }
     if (test_only) {
+        if (dump)
+            gw_config_dump(cfg, stdout);
         fprintf(stderr, "gateway: %s: configuration is valid\n", path);
         gw_config_unref(cfg);
         return 0;

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/socket.h>
 
 struct gw_ratelimit;
@@ -172,6 +173,10 @@ struct gw_config {
  * reference in *out and returns 0. On failure returns -1 and writes
  * "FILE:LINE: reason" into err. */
 int gw_config_load(const char *path, struct gw_config **out, char *err, size_t errlen);
+
+/* Writes cfg as libconfig text, every setting with its effective value
+ * (defaults filled in): `gateway -T`. */
+void gw_config_dump(const struct gw_config *cfg, FILE *f);
 
 /* The default name of the deadline header, read and propagated. */
 #define GW_DEADLINE_HEADER "X-Request-Timeout-Ms"
