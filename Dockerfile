@@ -29,11 +29,12 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         liburing2 libconfig9 \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --user-group --no-create-home --home-dir /nonexistent \
+ && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin gateway
 COPY --from=build /out/gateway /usr/local/bin/gateway
 COPY conf/gateway.conf /etc/gateway/gateway.conf
-USER gateway
+# Numeric, so that Kubernetes' runAsNonRoot can check it without a passwd lookup.
+USER 10001:10001
 EXPOSE 8080 9901
 STOPSIGNAL SIGTERM
 # No curl in the slim image: bash's /dev/tcp asks the admin listener (which

@@ -2,8 +2,8 @@
 # deps.sh: install the Debian packages a stage needs, only those missing.
 #
 #   scripts/deps.sh build    compiler, meson, ninja, liburing, libconfig, python3
-#   scripts/deps.sh test     build + pytest, prometheus-client, curl, redis-server; clang + its runtimes for the
-#                            fuzzer if the archive has them (optional)
+#   scripts/deps.sh test     build + pytest, prometheus-client, yaml, curl, redis-server, strace; clang +
+#                            its runtimes for the fuzzer if the archive has them (optional)
 #   scripts/deps.sh bench    build + nginx-light, haproxy, wrk
 #
 # Several stages may be named at once (scripts/deps.sh build test). Nothing is
@@ -12,7 +12,9 @@
 set -euo pipefail
 
 build_pkgs=(build-essential pkg-config meson ninja-build liburing-dev libconfig-dev python3)
-test_pkgs=(python3-pytest python3-prometheus-client curl redis-server)
+# python3-yaml reads scripts/k8s/gateway.yaml and strace lists the gateway's system
+# calls against conf/seccomp.json (test/integration/test_95_container.py).
+test_pkgs=(python3-pytest python3-prometheus-client python3-yaml curl redis-server strace)
 # clang builds test/fuzz_parse (libFuzzer + ASan/UBSan); on bookworm the
 # fuzzer and sanitizer runtimes are in libclang-rt-dev, which clang only
 # recommends. Optional: the fuzz stage is skipped without them.
