@@ -68,7 +68,33 @@ GATEWAY_VARIANTS = {
 }
 # gw-alt: another build of the gateway (--alt-bin), with the same config as "gateway", so a
 # change can be measured before/after in one run.
-EXTRA_TARGETS = list(GATEWAY_VARIANTS) + ["gw-alt"]
+# gw-scrape: the "gateway" config, with a client on CPU 0 fetching its /metrics every
+# --scrape-ms while wrk runs (Prometheus scrapes every 15 s; the default 100 ms is 150 times
+# that), to show what scrapes cost the data path.
+EXTRA_TARGETS = list(GATEWAY_VARIANTS) + ["gw-alt", "gw-scrape"]
+
+SCRAPER = r"""
+import http.client, sys, time
+port, every, until = int(sys.argv[1]), float(sys.argv[2]) / 1000, time.monotonic() + float(sys.argv[3])
+took, size, bad = [], 0, 0
+while time.monotonic() < until:
+    t0 = time.monotonic()
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        c.request("GET", "/metrics")
+        r = c.getresponse()
+        body = r.read()
+        c.close()
+        bad += r.status != 200
+        size = len(body)
+    except OSError:
+        bad += 1
+    took.append(time.monotonic() - t0)
+    time.sleep(max(0.0, every - (time.monotonic() - t0)))
+took.sort()
+print("SCRAPES %d bad %d bytes %d p50_ms %.2f max_ms %.2f" % (
+    len(took), bad, size, 1000 * took[len(took) // 2], 1000 * took[-1]))
+"""
 
 
 def log(msg=""):
@@ -395,8 +421,9 @@ def functional_checks(port, files):
 # --------------------------------------------------------------------------
 # one measured run
 
-def run_wrk(port, scen, duration, procs_by_role, target):
-    """Runs wrk once against port; returns a result dict."""
+def run_wrk(port, scen, duration, procs_by_role, target, scrape=None):
+    """Runs wrk once against port; returns a result dict. scrape: (admin port, ms) to fetch
+    /metrics that often during the run, from CPU 0."""
     env = dict(os.environ)
     env["BENCH_POST_BYTES"] = str(scen.get("post", 0))
     env["BENCH_CONN_CLOSE"] = "1" if scen.get("close") else "0"
@@ -414,6 +441,12 @@ def run_wrk(port, scen, duration, procs_by_role, target):
     before = snapshot_procs()
     cpu_before = read_cpu_times()
     t0 = time.monotonic()
+    scraper = None
+    if scrape:
+        scraper = subprocess.Popen(["taskset", "-c", WRK_CPU, sys.executable, "-c", SCRAPER,
+                                    str(scrape[0]), str(scrape[1]), str(duration)],
+                                   stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
     wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
@@ -429,6 +462,15 @@ def run_wrk(port, scen, duration, procs_by_role, target):
     after = snapshot_procs()
     cpu_after = read_cpu_times()
     wall = time.monotonic() - t0
+    scrapes = None
+    if scraper is not None:
+        try:
+            sout, _ = scraper.communicate(timeout=15)
+            scrapes = sout.decode().strip()
+        except subprocess.TimeoutExpired:
+            scraper.kill()
+            scraper.communicate()
+            scrapes = "scraper did not finish"
 
     text = out.decode("utf-8", "replace")
     res = None
@@ -448,6 +490,8 @@ def run_wrk(port, scen, duration, procs_by_role, target):
     up_pids = upstream.tree(after) | upstream.tree(before)
     proxy_pids = (proxy.tree(after) | proxy.tree(before)) if proxy else set()
     exclude = ours_static | up_pids | proxy_pids | {wrk.pid}
+    if scraper is not None:
+        exclude.add(scraper.pid)
     noise_user, noise_kern, noise_top = other_ticks(before, after, exclude)
 
     cpu = {}
@@ -475,6 +519,7 @@ def run_wrk(port, scen, duration, procs_by_role, target):
         "kthreads_pct": round(pct(noise_kern), 1),
         "noise_top": [{"pid": p, "comm": c, "cpu_pct": round(pct(t), 1)} for t, p, c in noise_top],
         "wrk_stdout": text,
+        "scrapes": scrapes,
     })
     r.update(cpu)
     if proxy and r["proxy_cpu_pct"]:
@@ -558,12 +603,13 @@ def print_tables(scenarios, targets, summary, skipped, duration, rounds):
                 s["cpu1_busy_pct_median"], s["errors_total"]))
         cell = summary.get(sc, {})
         g = cell.get("gateway")
-        alt = cell.get("gw-alt")
-        if g is not None and alt is not None:
-            log("  gw-alt/gateway req/s %s   req/s/core %s   p99 %s" % (
-                fmt_ratio(alt["req_s_median"], g["req_s_median"]),
-                fmt_ratio(alt["req_s_per_core_median"], g["req_s_per_core_median"]),
-                fmt_ratio(alt["p99_ms_median"], g["p99_ms_median"])))
+        for other in ("gw-alt", "gw-scrape"):
+            alt = cell.get(other)
+            if g is not None and alt is not None:
+                log("  %s/gateway req/s %s   req/s/core %s   p99 %s" % (
+                    other, fmt_ratio(alt["req_s_median"], g["req_s_median"]),
+                    fmt_ratio(alt["req_s_per_core_median"], g["req_s_per_core_median"]),
+                    fmt_ratio(alt["p99_ms_median"], g["p99_ms_median"])))
         for peer in ("nginx", "haproxy"):
             p = cell.get(peer)
             if peer not in targets:
@@ -620,6 +666,8 @@ def parse_args():
     ap.add_argument("--gateway-args", default=None,
                     help="gateway arguments, {config} is replaced by the config path "
                          "(default: try '-c {config}', then '{config}')")
+    ap.add_argument("--scrape-ms", type=int, default=100,
+                    help="gw-scrape: fetch /metrics this often during each run (default 100)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     ap.add_argument("--no-json", action="store_true", help="do not write perf/results/*.json")
     a = ap.parse_args()
@@ -659,7 +707,7 @@ def start_target(name, args, tmp, ports, files):
             return None, "haproxy binary not found"
         cfg = render("haproxy.cfg", os.path.join(tmp, "haproxy.cfg"), PORT=port, UPPORT=up)
         variants = [["taskset", "-c", PROXY_CPU, hap, "-db", "-f", cfg]]
-    elif name == "gateway" or name in GATEWAY_VARIANTS or name == "gw-alt":
+    elif name == "gateway" or name in GATEWAY_VARIANTS or name in ("gw-alt", "gw-scrape"):
         gw = os.path.abspath(args.alt_bin if name == "gw-alt" else args.gateway_bin)
         if not (os.path.isfile(gw) and os.access(gw, os.X_OK)):
             return None, "binary %s is missing (build it first)" % gw
@@ -816,7 +864,9 @@ def main():
                     for attempt in range(2):
                         time.sleep(SETTLE_S)
                         try:
-                            r = run_wrk(ports[t], SCENARIOS[sc], args.duration, procs, t)
+                            r = run_wrk(ports[t], SCENARIOS[sc], args.duration, procs, t,
+                                        scrape=(ports[t + "_admin"], args.scrape_ms)
+                                        if t == "gw-scrape" else None)
                         except RuntimeError as e:
                             log("ERROR %s/%s round %d: %s" % (sc, t, rnd + 1, e))
                             r = None
@@ -835,6 +885,8 @@ def main():
                                 ("  (noisy: %s; rerun)" % ", ".join(
                                     "%s %.0f%%" % (n["comm"], n["cpu_pct"]) for n in r["noise_top"][:3])
                                  if noisy and attempt == 0 else "")))
+                        if r.get("scrapes"):
+                            log("           %s" % r["scrapes"])
                         if not noisy:
                             break
                     if attempts:

@@ -21,6 +21,10 @@
 /* Bodies with at least this many bytes still to move go through a pipe
  * with splice; smaller ones are copied from the buffer we already hold. */
 #define GW_SPLICE_MIN_BYTES (64 * 1024)
+/* Request bodies (client -> upstream) at least this large go by splice. */
+#ifndef GW_SPLICE_MIN_UP_BYTES
+#define GW_SPLICE_MIN_UP_BYTES GW_SPLICE_MIN_BYTES
+#endif
 /* Response bytes read per upstream recv in copy mode. */
 #define GW_UP_BUF_BODY (32 * 1024)
 

@@ -757,7 +757,7 @@ static void req_advance_up(struct gw_req *r)
      * through user space twice (perf: post1m ran in copy mode). */
     if (r->req_phase == GW_REQ_SEND && !r->body_chunked && !r->aborting &&
         !(c->flags & GW_C_HOLD_RECV) && r->resp_phase == GW_RESP_WAIT &&
-        r->body_left > c->in.len && r->body_left - c->in.len >= GW_SPLICE_MIN_BYTES) {
+        r->body_left > c->in.len && r->body_left - c->in.len >= GW_SPLICE_MIN_UP_BYTES) {
         c->flags |= GW_C_HOLD_RECV;
         stop_recv(c);
     }
@@ -790,7 +790,7 @@ static void req_advance_up(struct gw_req *r)
         r->req_phase = GW_REQ_DONE;
         goto recv;
     }
-    if (!r->body_chunked && ((c->flags & GW_C_HOLD_RECV) || r->body_left >= GW_SPLICE_MIN_BYTES)) {
+    if (!r->body_chunked && ((c->flags & GW_C_HOLD_RECV) || r->body_left >= GW_SPLICE_MIN_UP_BYTES)) {
         c->flags |= GW_C_HOLD_RECV;
         stop_recv(c);
         if (c->flags & GW_C_RECV_ARMED)
