@@ -300,16 +300,16 @@ static void switch_config(struct gw_worker *wk)
 
 static void start_drain(struct gw_worker *wk)
 {
-    struct io_uring_sqe *sqe;
+    struct listener *l, *next;
 
     wk->ctx.draining = true;
-    for (struct listener *l = wk->ls; l != NULL; l = l->next) {
-        gw_timer_cancel(&wk->ctx.timers, &l->retry);
-        if (l->armed) {
-            sqe = gw_ring_sqe(&wk->ctx.ring);
-            io_uring_prep_cancel(sqe, &l->accept_op, 0);
-            gw_sqe_op(sqe, NULL);
-        }
+    /* Close the listeners, so that new connections are refused (and go
+     * to another instance) rather than wait in a backlog nobody reads;
+     * what already waits there is accepted and served. */
+    for (l = wk->ls; l != NULL; l = next) {
+        next = l->next;
+        if (!l->closing)
+            retire_listener(l);
     }
     gw_conns_drain(&wk->ctx);
     gw_pools_close_idle(&wk->ctx);

@@ -1673,7 +1673,9 @@ void gw_conn_accepted(struct gw_wctx *w, int fd, unsigned listen_slot)
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
 
-    if (w->nconns >= w->max_conns || w->draining) {
+    /* While draining, connections still come from a listener's backlog as
+     * it closes: they are served (one request, Connection: close). */
+    if (w->nconns >= w->max_conns) {
         gw_stat_add(&w->stats->rejected_conns, 1);
         close(fd);
         return;
@@ -1728,9 +1730,12 @@ void gw_conns_drain(struct gw_wctx *w)
 {
     struct gw_conn *c, *next;
 
+    /* Idle keep-alive connections go. One that has not sent its first
+     * request yet stays: it was accepted to be served, and its request may
+     * be on the way; the header timeout bounds it. */
     for (c = w->conns; c; c = next) {
         next = c->next;
-        if (c->req == NULL && !(c->flags & GW_C_IN_HEAD))
+        if (c->req == NULL && !(c->flags & GW_C_IN_HEAD) && c->requests > 0)
             conn_close(c);
     }
 }
