@@ -1,4 +1,5 @@
-/* A ring of provided buffers registered with io_uring for multishot recv.
+/* A ring of provided buffers registered with io_uring for buffer-select
+ * recvs (proxy/session.c arms one-shot recvs that pick from it).
  * liburing 2.3 has no io_uring_setup_buf_ring, so the ring memory is
  * allocated and registered here by hand. A buffer handed out by a CQE
  * belongs to the caller until gw_bufring_recycle gives it back. */

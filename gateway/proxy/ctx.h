@@ -198,7 +198,7 @@ struct gw_req {
 
 enum {
     GW_C_RECV_ARMED = 1 << 0,
-    GW_C_RECV_CANCEL = 1 << 1, /* cancel of the multishot recv requested */
+    GW_C_RECV_CANCEL = 1 << 1, /* cancel of the armed recv requested */
     GW_C_SEND_BUSY = 1 << 2,
     GW_C_CLOSING = 1 << 3,
     GW_C_PEER_EOF = 1 << 4,

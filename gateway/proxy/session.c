@@ -6,10 +6,12 @@
  *   parse -> route -> limits -> upstream connection -> request head + body
  *   -> response head -> response body -> log/metrics -> next request.
  *
- * A client connection keeps one multishot recv armed; every CQE's bytes are
- * copied out of the provided buffer into c->in and the buffer goes straight
- * back to the ring, so a slow upstream never pins ring buffers. The recv is
- * stopped (cancelled) only while a large body or a tunnel is spliced. */
+ * A client connection keeps one recv armed, a one-shot recv that picks a
+ * provided buffer (so an idle connection holds no memory of its own); every
+ * CQE's bytes are copied out into c->in and the buffer goes straight back to
+ * the ring, so a slow upstream never pins ring buffers. It is not multishot:
+ * see arm_recv. The recv is stopped (cancelled) only while a large body or
+ * a tunnel is spliced. */
 #include "proxy/ctx.h"
 
 #include "core/clock.h"
@@ -65,8 +67,13 @@ static void arm_recv(struct gw_conn *c)
 
     if (!conn_wants_recv(c))
         return;
+    /* One-shot, not multishot: a multishot recv keeps filling ring buffers
+     * for as long as the socket has data, so a fast client's whole upload
+     * (perf: most of a 1 MiB POST) was read and copied before its head was
+     * even parsed, and the splice path never got it. One recv reads at
+     * most one 16 KiB buffer, and the next is armed only when wanted. */
     sqe = gw_ring_sqe(&c->w->ring);
-    io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+    io_uring_prep_recv(sqe, c->fd, NULL, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = c->w->br.bgid;
     gw_sqe_op(sqe, &c->recv_op);
