@@ -294,6 +294,8 @@ static void switch_config(struct gw_worker *wk)
         gw_cfgref_release(&wk->ctx, old);
         if (!wk->ctx.draining)
             sync_listeners(wk, cfg);
+        /* a smaller cap takes effect as entries are added */
+        wk->ctx.l1.cap = cfg->cache_l1_bytes / wk->nworkers;
     }
     atomic_store_explicit(&wk->seen_gen, gen, memory_order_release);
 }
@@ -345,6 +347,7 @@ static void *worker_main(void *arg)
     w->stats = gw_metrics_worker(w->id);
     w->cur = gw_cfgref_new(w, cfg);
     atomic_store(&wk->seen_gen, cfg->generation);
+    gw_l1_init(&w->l1, cfg->cache_l1_bytes / wk->nworkers);
     w->max_conns = cfg->limits.max_connections / wk->nworkers;
     if (w->max_conns == 0)
         w->max_conns = 1;

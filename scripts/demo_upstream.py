@@ -7,6 +7,9 @@ bytes arrived, so a request through the gateway shows where it went:
     $ curl http://127.0.0.1:8080/hello
     {"upstream": "demo", "method": "GET", "path": "/hello", "body_bytes": 0}
 
+Paths under /static/ are marked cacheable (Cache-Control: max-age=60), so the
+default config's cache answers their repeats (X-Cache: HIT); the rest are not.
+
 HTTP/1.1 with keep-alive, one thread per connection, standard library only.
 Not a test fixture (test/integration/upstream.py is); not for production.
 
@@ -67,6 +70,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if self.path.startswith("/static/"):
+            self.send_header("Cache-Control", "max-age=60")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)

@@ -15,4 +15,10 @@ uint64_t gw_clock_us(void);
 /* Wall-clock time in microseconds since the epoch (for log lines). */
 uint64_t gw_clock_wall_us(void);
 
+/* Wall clock in milliseconds since the epoch. */
+static inline int64_t gw_clock_wall_ms(void)
+{
+    return (int64_t)(gw_clock_wall_us() / 1000);
+}
+
 #endif

@@ -31,7 +31,7 @@ struct ctx {
 static const char *const top_keys[] = {"workers",   "access_log", "drain_timeout_ms",
                                        "listen",    "admin",      "limits",
                                        "upstreams", "routes",     "trusted_proxies",
-                                       NULL};
+                                       "cache",     NULL};
 static const char *const listen_keys[] = {"address", "deadline_header", NULL};
 static const char *const admin_keys[] = {"address", NULL};
 static const char *const limits_keys[] = {"max_header_bytes",  "max_body_bytes",
@@ -46,8 +46,13 @@ static const char *const breaker_keys[] = {"failures",     "error_rate", "window
 static const char *const route_keys[] = {
     "name",       "host",           "path_prefix",   "path",           "methods",
     "upstream",   "timeout_ms",     "rate_limit",    "deadline_header", "retries",
-    "retry_on",   "retry_budget",   "try_timeout_ms", "retry_methods",  NULL};
+    "retry_on",   "retry_budget",   "try_timeout_ms", "retry_methods",  "cache", NULL};
 static const char *const rate_limit_keys[] = {"rate", "burst", "key", "headers", "max_keys", NULL};
+static const char *const cache_keys[] = {"l1_bytes", "purge_from", NULL};
+static const char *const route_cache_keys[] = {"ttl_s",           "max_object_bytes",
+                                               "key",             "cache_authorized",
+                                               "store_set_cookie", "stale_if_error_s",
+                                               NULL};
 
 /* A member of group, or NULL when either is absent. */
 static const config_setting_t *member(const config_setting_t *group, const char *key)
@@ -924,25 +929,108 @@ bool gw_cidr_match(const struct gw_cidr *c, int family, const void *addr)
     return true;
 }
 
-static int parse_trusted(struct ctx *c, const config_setting_t *root, struct gw_config *cfg)
+/* A list of addresses or CIDR blocks; *out stays NULL when absent. */
+static int parse_cidr_list(struct ctx *c, const config_setting_t *g, const char *key,
+                           const char *what, struct gw_cidr **out, size_t *nout)
 {
-    const config_setting_t *list = config_setting_get_member(root, "trusted_proxies");
+    const config_setting_t *list = member(g, key);
     int n;
 
     if (list == NULL)
         return 0;
     if (!is_list(list))
-        return fail(c, list, "'trusted_proxies' must be a list, as in [ \"10.0.0.0/8\" ]");
+        return fail(c, list, "'%s' must be a list, as in [ \"10.0.0.0/8\" ]", key);
     n = config_setting_length(list);
-    cfg->trusted_proxies = gw_xcalloc(n ? n : 1, sizeof(*cfg->trusted_proxies));
+    *out = gw_xcalloc(n ? n : 1, sizeof(**out));
     for (int i = 0; i < n; i++) {
         const config_setting_t *e = config_setting_get_elem(list, i);
         if (config_setting_type(e) != CONFIG_TYPE_STRING ||
-            parse_cidr(config_setting_get_string(e), &cfg->trusted_proxies[i]) == -1)
-            return fail(c, e, "each trusted proxy must be an IP address or CIDR block, as in "
-                              "\"10.0.0.0/8\" or \"::1\"");
-        cfg->ntrusted_proxies++;
+            parse_cidr(config_setting_get_string(e), &(*out)[i]) == -1)
+            return fail(c, e, "each %s must be an IP address or CIDR block, as in "
+                              "\"10.0.0.0/8\" or \"::1\"", what);
+        (*nout)++;
     }
+    return 0;
+}
+
+static int parse_trusted(struct ctx *c, const config_setting_t *root, struct gw_config *cfg)
+{
+    return parse_cidr_list(c, root, "trusted_proxies", "trusted proxy", &cfg->trusted_proxies,
+                           &cfg->ntrusted_proxies);
+}
+
+static int parse_cache_store(struct ctx *c, const config_setting_t *root, struct gw_config *cfg)
+{
+    const config_setting_t *g;
+    long long v = 0;
+
+    if (get_group(c, root, "cache", &g) == -1)
+        return -1;
+    if (g != NULL && check_keys(c, g, cache_keys, "cache") == -1)
+        return -1;
+    if (get_int(c, g, "l1_bytes", 0, 1LL << 40, 64LL << 20, &v) == -1)
+        return -1;
+    cfg->cache_l1_bytes = (uint64_t)v;
+    if (parse_cidr_list(c, g, "purge_from", "purge_from entry", &cfg->purge_from,
+                        &cfg->npurge_from) == -1)
+        return -1;
+    if (cfg->purge_from == NULL) {
+        /* default: the machine itself */
+        cfg->purge_from = gw_xcalloc(2, sizeof(*cfg->purge_from));
+        parse_cidr("127.0.0.1", &cfg->purge_from[0]);
+        parse_cidr("::1", &cfg->purge_from[1]);
+        cfg->npurge_from = 2;
+    }
+    return 0;
+}
+
+static int parse_route_cache(struct ctx *c, const config_setting_t *rg, struct gw_route *r)
+{
+    struct gw_cache_conf *cc = &r->cache;
+    const config_setting_t *g, *list;
+    long long v = 0;
+
+    if (get_group(c, rg, "cache", &g) == -1)
+        return -1;
+    if (g == NULL)
+        return 0;
+    if (check_keys(c, g, route_cache_keys, "cache") == -1)
+        return -1;
+    cc->enabled = true;
+    if (get_u32(c, g, "ttl_s", 0, 31536000, 60, &cc->ttl_s) == -1)
+        return -1;
+    if (get_int(c, g, "max_object_bytes", 0, 1LL << 30, 1 << 20, &v) == -1)
+        return -1;
+    cc->max_object_bytes = (uint64_t)v;
+    if (get_bool(c, g, "cache_authorized", false, &cc->cache_authorized) == -1 ||
+        get_bool(c, g, "store_set_cookie", false, &cc->store_set_cookie) == -1)
+        return -1;
+    if (get_u32(c, g, "stale_if_error_s", 0, 86400, 0, &cc->stale_if_error_s) == -1)
+        return -1;
+    list = member(g, "key");
+    if (list == NULL) {
+        cc->key_host = cc->key_path = cc->key_query = true;
+        return 0;
+    }
+    if (!is_list(list) || config_setting_length(list) == 0)
+        return fail(c, list, "'key' must be a list, as in [ \"host\", \"path\", \"query\" ]");
+    for (int i = 0; i < config_setting_length(list); i++) {
+        const config_setting_t *e = config_setting_get_elem(list, i);
+        const char *k = config_setting_type(e) == CONFIG_TYPE_STRING
+                            ? config_setting_get_string(e)
+                            : "";
+        bool *bit = strcmp(k, "host") == 0    ? &cc->key_host
+                    : strcmp(k, "path") == 0  ? &cc->key_path
+                    : strcmp(k, "query") == 0 ? &cc->key_query
+                                              : NULL;
+        if (bit == NULL)
+            return fail(c, e, "cache key parts are \"host\", \"path\" and \"query\"");
+        if (*bit)
+            return fail(c, e, "cache key part \"%s\" is listed twice", k);
+        *bit = true;
+    }
+    if (!cc->key_path)
+        return fail(c, list, "the cache key must include \"path\"");
     return 0;
 }
 
@@ -993,7 +1081,8 @@ static int parse_routes(struct ctx *c, const config_setting_t *root, struct gw_c
             return fail(c, us, "route '%s': upstream '%s' is not defined", name, up);
         if (get_u32(c, g, "timeout_ms", 1, 86400000, 30000, &r->timeout_ms) == -1)
             return -1;
-        if (parse_rate_limit(c, g, r) == -1 || parse_retry(c, g, r) == -1)
+        if (parse_rate_limit(c, g, r) == -1 || parse_retry(c, g, r) == -1 ||
+            parse_route_cache(c, g, r) == -1)
             return -1;
         if (get_header_name(c, g, "deadline_header", true, &r->deadline_header) == -1)
             return -1;
@@ -1145,6 +1234,8 @@ static int parse_root(struct ctx *c, const config_setting_t *root, struct gw_con
         return -1;
     if (parse_trusted(c, root, cfg) == -1)
         return -1;
+    if (parse_cache_store(c, root, cfg) == -1)
+        return -1;
     if (parse_upstreams(c, root, cfg) == -1)
         return -1;
     return parse_routes(c, root, cfg);
@@ -1177,6 +1268,7 @@ static void config_free(struct gw_config *cfg)
     for (size_t i = 0; i < cfg->nlistens; i++)
         free(cfg->listens[i].deadline_header);
     free(cfg->trusted_proxies);
+    free(cfg->purge_from);
     free(cfg->upstreams);
     free(cfg->servers);
     free(cfg->routes);

@@ -76,6 +76,18 @@ struct gw_rate_limit_conf {
     bool headers;      /* RateLimit-* headers on admitted responses too */
 };
 
+/* The response cache of a route (cache/policy.h). */
+struct gw_cache_conf {
+    bool enabled;
+    unsigned ttl_s;            /* lifetime of a storable response that states none; 0 = only
+                                  responses with explicit freshness are stored */
+    uint64_t max_object_bytes; /* larger responses are passed on and not stored */
+    bool key_host, key_path, key_query;
+    bool cache_authorized;     /* requests with Authorization may use the cache (RFC 9111 3.5) */
+    bool store_set_cookie;     /* responses with Set-Cookie may be stored */
+    unsigned stale_if_error_s; /* stale-if-error window when the response states none */
+};
+
 /* Retry conditions (gw_route.retry_on bits). */
 enum {
     GW_RETRY_CONNECT_FAILURE = 1 << 0,
@@ -133,6 +145,7 @@ struct gw_route {
     unsigned try_timeout_ms;   /* per attempt, for retry_on "timeout"; 0 = none */
     char **retry_methods;      /* non-idempotent methods that may be retried */
     size_t nretry_methods;
+    struct gw_cache_conf cache;
 };
 
 struct gw_limits {
@@ -160,6 +173,11 @@ struct gw_config {
 
     struct gw_cidr *trusted_proxies;
     size_t ntrusted_proxies;
+
+    /* top-level `cache`: the in-process store every worker keeps */
+    uint64_t cache_l1_bytes; /* for the whole process, split evenly between workers */
+    struct gw_cidr *purge_from; /* peers allowed to send PURGE */
+    size_t npurge_from;
 
     struct gw_upstream *upstreams;
     size_t nupstreams;

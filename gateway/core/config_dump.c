@@ -66,11 +66,12 @@ static void put_kstr(FILE *f, const char *ind, const char *key, const char *v)
     fputs(";\n", f);
 }
 
-static void put_cidrs(FILE *f, const struct gw_config *cfg)
+static void put_cidrs(FILE *f, const char *ind, const char *key, const struct gw_cidr *v,
+                      size_t n)
 {
-    fputs("trusted_proxies = [ ", f);
-    for (size_t i = 0; i < cfg->ntrusted_proxies; i++) {
-        const struct gw_cidr *c = &cfg->trusted_proxies[i];
+    fprintf(f, "%s%s = [ ", ind, key);
+    for (size_t i = 0; i < n; i++) {
+        const struct gw_cidr *c = &v[i];
         char a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN + 8];
 
         inet_ntop(c->family, c->addr, a, sizeof(a));
@@ -79,7 +80,7 @@ static void put_cidrs(FILE *f, const struct gw_config *cfg)
             fputs(", ", f);
         put_str(f, b);
     }
-    fputs(cfg->ntrusted_proxies ? " ];\n" : "];\n", f);
+    fputs(n ? " ];\n" : "];\n", f);
 }
 
 static bool every_5xx_only(const struct gw_breaker_conf *b)
@@ -160,6 +161,30 @@ static void put_rate_limit(FILE *f, const struct gw_rate_limit_conf *rl)
     fputs("      };\n", f);
 }
 
+static void put_cache(FILE *f, const struct gw_cache_conf *cc)
+{
+    const char *ind = "        ";
+    const char *parts[3];
+    size_t n = 0;
+
+    if (cc->key_host)
+        parts[n++] = "host";
+    if (cc->key_path)
+        parts[n++] = "path";
+    if (cc->key_query)
+        parts[n++] = "query";
+    fputs("      cache = {\n", f);
+    put_u(f, ind, "ttl_s", cc->ttl_s);
+    put_u(f, ind, "max_object_bytes", cc->max_object_bytes);
+    fprintf(f, "%skey = ", ind);
+    put_strs(f, (char *const *)parts, n);
+    fputs(";\n", f);
+    put_b(f, ind, "cache_authorized", cc->cache_authorized);
+    put_b(f, ind, "store_set_cookie", cc->store_set_cookie);
+    put_u(f, ind, "stale_if_error_s", cc->stale_if_error_s);
+    fputs("      };\n", f);
+}
+
 static void put_route(FILE *f, const struct gw_route *r)
 {
     static const struct {
@@ -209,6 +234,8 @@ static void put_route(FILE *f, const struct gw_route *r)
     put_u(f, ind, "try_timeout_ms", r->try_timeout_ms);
     if (r->rate_limit.enabled)
         put_rate_limit(f, &r->rate_limit);
+    if (r->cache.enabled)
+        put_cache(f, &r->cache);
     fputs("    }", f);
 }
 
@@ -220,7 +247,11 @@ void gw_config_dump(const struct gw_config *cfg, FILE *f)
     put_u(f, "", "workers", cfg->workers);
     put_b(f, "", "access_log", cfg->access_log);
     put_u(f, "", "drain_timeout_ms", cfg->drain_timeout_ms);
-    put_cidrs(f, cfg);
+    put_cidrs(f, "", "trusted_proxies", cfg->trusted_proxies, cfg->ntrusted_proxies);
+    fputs("cache = {\n", f);
+    put_u(f, ind, "l1_bytes", cfg->cache_l1_bytes);
+    put_cidrs(f, ind, "purge_from", cfg->purge_from, cfg->npurge_from);
+    fputs("};\n", f);
     fputs("listen = (\n", f);
     for (size_t i = 0; i < cfg->nlistens; i++) {
         fputs("    { address = ", f);

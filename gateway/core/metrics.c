@@ -414,6 +414,43 @@ static void render_counter(struct gw_text *out, const char *name, const char *he
                    (unsigned long long)v);
 }
 
+static void render_cache(struct gw_text *out)
+{
+    static const char *const results[GW_CACHE_RESULT_COUNT] = {"hit", "miss", "bypass",
+                                                               "stale", "error"};
+
+    gw_text_printf(out, "# HELP gateway_cache_requests_total Requests to routes with a cache, by "
+                        "what the cache did: hit, miss, bypass (not cacheable), stale (served "
+                        "stale on an upstream error), error.\n"
+                        "# TYPE gateway_cache_requests_total counter\n");
+    for (unsigned r = 1; r < nroutes; r++) {
+        for (unsigned k = 0; k < GW_CACHE_RESULT_COUNT; k++) {
+            uint64_t v = SUM_WORKERS(load(&ws->routes[r]->cache[k]));
+            if (v == 0)
+                continue;
+            gw_text_printf(out, "gateway_cache_requests_total{route=\"");
+            put_label(out, route_names[r]);
+            gw_text_printf(out, "\",result=\"%s\"} %llu\n", results[k], (unsigned long long)v);
+        }
+    }
+    render_counter(out, "gateway_cache_bytes_stored_total",
+                   "Bytes of responses stored in the in-process cache.",
+                   SUM_WORKERS(load(&ws->cache_stored_bytes)));
+    render_counter(out, "gateway_cache_l1_evictions_total",
+                   "Entries the in-process cache dropped to stay within l1_bytes.",
+                   SUM_WORKERS(load(&ws->cache_l1_evictions)));
+    gw_text_printf(out, "# HELP gateway_cache_l1_bytes Bytes held by the in-process cache, all "
+                        "workers.\n# TYPE gateway_cache_l1_bytes gauge\ngateway_cache_l1_bytes "
+                        "%lld\n",
+                   (long long)SUM_WORKERS((uint64_t)atomic_load_explicit(
+                       &ws->cache_l1_bytes, memory_order_relaxed)));
+    gw_text_printf(out, "# HELP gateway_cache_l1_entries Entries in the in-process cache, all "
+                        "workers.\n# TYPE gateway_cache_l1_entries gauge\n"
+                        "gateway_cache_l1_entries %lld\n",
+                   (long long)SUM_WORKERS((uint64_t)atomic_load_explicit(
+                       &ws->cache_l1_entries, memory_order_relaxed)));
+}
+
 void gw_metrics_render(struct gw_text *out)
 {
     render_requests(out);
@@ -423,6 +460,7 @@ void gw_metrics_render(struct gw_text *out)
     render_route_counter(out, "gateway_deadline_exceeded_total",
                          "Requests whose time budget ran out (504, or cut mid-response).",
                          offsetof(struct gw_route_stats, deadline_exceeded));
+    render_cache(out);
     render_servers(out);
     render_upstreams(out);
     gw_text_printf(out, "# HELP gateway_connections_active Client connections open now, by the "

@@ -51,8 +51,19 @@ struct gw_hist {
 
 void gw_hist_add(struct gw_hist *h, uint64_t us);
 
+/* gateway_cache_requests_total{result} */
+enum gw_cache_result {
+    GW_CACHE_HIT = 0,
+    GW_CACHE_MISS,
+    GW_CACHE_BYPASSED,
+    GW_CACHE_STALE,
+    GW_CACHE_ERROR,
+    GW_CACHE_RESULT_COUNT,
+};
+
 struct gw_route_stats {
     _Atomic uint64_t status[600];
+    _Atomic uint64_t cache[GW_CACHE_RESULT_COUNT];
     _Atomic uint64_t ratelimited;       /* answered 429 */
     _Atomic uint64_t deadline_exceeded; /* answered 504 (or cut) for the budget */
     struct gw_hist dur;
@@ -80,6 +91,10 @@ struct gw_worker_stats {
     _Atomic uint64_t rejected_conns; /* over max_connections */
     _Atomic uint64_t bytes_in;
     _Atomic uint64_t bytes_out;
+    _Atomic uint64_t cache_stored_bytes; /* bytes of entries put in the L1 */
+    _Atomic int64_t cache_l1_bytes;      /* gauges of this worker's L1 */
+    _Atomic int64_t cache_l1_entries;
+    _Atomic uint64_t cache_l1_evictions;
     struct gw_route_stats *routes[GW_METRICS_MAX_SLOTS];
     struct gw_server_stats *servers[GW_METRICS_MAX_SLOTS];
 };

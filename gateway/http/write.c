@@ -375,6 +375,68 @@ ssize_t gw_http_write_response_head(char *out, size_t cap, const struct gw_respo
     return finish(&o, out);
 }
 
+ssize_t gw_http_write_stored_head(char *out, size_t cap, const struct gw_response *resp,
+                                  uint64_t body_len, bool keep_set_cookie)
+{
+    struct out o = {out, out + cap, false};
+    struct scan s;
+
+    scan_fields(&s, resp->headers, resp->nheaders);
+    PUT_LIT(&o, "HTTP/1.1 ");
+    put_uint(&o, (uint64_t)resp->status);
+    PUT_LIT(&o, " ");
+    if (resp->reason.len) {
+        put_slice(&o, resp->reason);
+    } else {
+        const char *r = gw_http_reason(resp->status);
+        put(&o, r, strlen(r));
+    }
+    PUT_LIT(&o, "\r\n");
+    for (size_t i = 0; i < resp->nheaders; i++) {
+        const struct gw_header *h = &resp->headers[i];
+        if (s.kind[i] != F_OTHER || listed(&s, h->name))
+            continue; /* hop-by-hop, framing (ours follows), X-Request-Id (per request) */
+        if (ieq(h->name, GW_SLICE_LIT("age")) || ieq(h->name, GW_SLICE_LIT("x-cache")) ||
+            (!keep_set_cookie && ieq(h->name, GW_SLICE_LIT("set-cookie"))))
+            continue;
+        put_header(&o, h);
+    }
+    if (resp->status != 204 && resp->status != 304) {
+        PUT_LIT(&o, "Content-Length: ");
+        put_uint(&o, body_len);
+        PUT_LIT(&o, "\r\n");
+    }
+    return finish(&o, out);
+}
+
+ssize_t gw_http_write_head_tail(char *out, size_t cap, uint64_t age_s, const char *x_cache,
+                                struct gw_slice request_id, bool close, int client_minor)
+{
+    struct out o = {out, out + cap, false};
+
+    if (age_s != UINT64_MAX) {
+        PUT_LIT(&o, "Age: ");
+        put_uint(&o, age_s);
+        PUT_LIT(&o, "\r\n");
+    }
+    if (x_cache != NULL) {
+        PUT_LIT(&o, "X-Cache: ");
+        put(&o, x_cache, strlen(x_cache));
+        PUT_LIT(&o, "\r\n");
+    }
+    if (request_id.len) {
+        PUT_LIT(&o, "X-Request-Id: ");
+        put_slice(&o, request_id);
+        PUT_LIT(&o, "\r\n");
+    }
+    if (close)
+        PUT_LIT(&o, "Connection: close\r\n");
+    else if (client_minor == 0)
+        PUT_LIT(&o, "Connection: keep-alive\r\n");
+    PUT_LIT(&o, "\r\n");
+    return finish(&o, out);
+}
+
 const char *gw_http_reason(int status)
 {
     /* clang-format off */

@@ -57,6 +57,21 @@ void gw_http_put_deadline(char *p, uint64_t v);
 ssize_t gw_http_write_response_head(char *out, size_t cap, const struct gw_response *resp,
                                     struct gw_slice request_id, bool close, int client_minor);
 
+/* The head of a response as a cache stores it: the status line and the
+ * end-to-end fields (no hop-by-hop or framing fields, no Age, X-Cache or
+ * X-Request-Id, no Set-Cookie unless keep_set_cookie), then Content-Length:
+ * body_len (not for 204 and 304). No blank line: gw_http_write_head_tail
+ * ends it per request. Returns the length or -1. */
+ssize_t gw_http_write_stored_head(char *out, size_t cap, const struct gw_response *resp,
+                                  uint64_t body_len, bool keep_set_cookie);
+
+/* The per-request end of a head: "Age" (unless age_s is UINT64_MAX),
+ * "X-Cache" (unless NULL), X-Request-Id, the Connection field as
+ * gw_http_write_response_head writes it, and the blank line. Returns the
+ * length or -1. */
+ssize_t gw_http_write_head_tail(char *out, size_t cap, uint64_t age_s, const char *x_cache,
+                                struct gw_slice request_id, bool close, int client_minor);
+
 /* The standard reason phrase of a status code, or "" when we know none. */
 const char *gw_http_reason(int status);
 

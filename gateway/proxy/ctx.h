@@ -5,6 +5,7 @@
 #ifndef GW_PROXY_CTX_H
 #define GW_PROXY_CTX_H
 
+#include "cache/l1.h"
 #include "core/buf.h"
 #include "core/config.h"
 #include "core/metrics.h"
@@ -27,6 +28,8 @@
 #endif
 /* Response bytes read per upstream recv in copy mode. */
 #define GW_UP_BUF_BODY (32 * 1024)
+#define GW_CACHE_KEY_MAX 1024 /* longer keys bypass the cache */
+#define GW_FILL_BUCKETS 256   /* requests fetching a key for others, by key hash */
 
 struct gw_wctx;
 struct gw_conn;
@@ -194,6 +197,26 @@ struct gw_req {
     struct gw_pump pump_down; /* client -> upstream */
     unsigned tunnel_open;     /* tunnel directions still running */
     struct gw_req *next_free;
+
+    /* response cache (session.c, "cache") */
+    uint8_t cache_use;        /* enum gw_cache_use + 1; 0: the route has no cache */
+    uint8_t cache_result;     /* enum gw_cache_result, counted when the request ends */
+    bool cache_auth;          /* the request carried Authorization */
+    bool cache_fill;          /* in w->fills: fetching the key, others may wait for it */
+    bool cache_park;          /* decided in req_start: wait for the fill of the key */
+    bool cache_parked;        /* waiting behind wait_on */
+    bool cache_capture;       /* the response body is copied into cap_ent */
+    uint64_t ckey_hash;
+    size_t ckey_len;
+    struct gw_l1_ent *cent;    /* the entry being served, or a stale one kept for errors */
+    struct gw_slice cent_body; /* what of it is sent (none for HEAD and 304) */
+    struct gw_l1_ent *cap_ent; /* the entry being filled */
+    uint64_t cap_len;          /* body bytes captured so far */
+    struct gw_req *fill_next;  /* chain of w->fills */
+    struct gw_req *waiters;    /* parked behind this fill */
+    struct gw_req *wait_next;
+    struct gw_req *wait_on;    /* the fill this one waits for */
+    char ckey[GW_CACHE_KEY_MAX];
 };
 
 enum {
@@ -247,6 +270,8 @@ struct gw_wctx {
     int *free_pipes;            /* triples: read end, write end, capacity */
     unsigned nfree_pipes;
     struct gw_pool *pools;
+    struct gw_l1 l1;                         /* response cache in front of the upstreams */
+    struct gw_req *fills[GW_FILL_BUCKETS];   /* requests filling a cache key */
     unsigned nconns, max_conns;
     unsigned reqs_active;    /* requests past routing, for the retry budget */
     unsigned retries_active; /* of those, requests on a retry */

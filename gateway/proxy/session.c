@@ -52,6 +52,13 @@ static void start_attempt(struct gw_req *r);
 static void req_respond_extra(struct gw_req *r, int status, bool close, const char *extra);
 static void req_respond(struct gw_req *r, int status, bool close);
 static bool body_complete(const struct gw_req *r);
+static void cache_unpark(struct gw_req *r);
+static void cache_end(struct gw_req *r);
+static bool cache_stale_ok(const struct gw_req *r, int status);
+static void cache_serve_stale(struct gw_req *r);
+static void cache_capture_start(struct gw_req *r, const struct gw_response *q);
+static void cache_capture(struct gw_req *r, const char *p, size_t n);
+static void cache_capture_end(struct gw_req *r, bool complete);
 
 /* ---- client socket ops -------------------------------------------------- */
 
@@ -293,6 +300,7 @@ static void on_deadline(struct gw_timer *t)
 {
     struct gw_req *r = container_of(t, struct gw_req, deadline);
 
+    cache_unpark(r);
     gw_stat_add(&r->c->w->stats->routes[r->route_slot]->deadline_exceeded, 1);
     if (r->resp_phase == GW_RESP_WAIT)
         req_fail(r, 504, GW_OUTCOME_TIMEOUT);
@@ -558,6 +566,7 @@ static void req_finish(struct gw_req *r)
     }
     gw_timer_cancel(&w->timers, &r->deadline);
     gw_timer_cancel(&w->timers, &r->retry_timer);
+    cache_end(r);
     attempt_cancel(r);
     req_drop_up(r, r->up_reusable && r->req_phase == GW_REQ_DONE &&
                        r->resp_phase == GW_RESP_DONE);
@@ -605,6 +614,7 @@ static void req_try_finish(struct gw_req *r)
  * when the last piece reports back. */
 static void req_abort(struct gw_req *r)
 {
+    cache_unpark(r);
     r->aborting = true;
     r->resp_phase = GW_RESP_DONE;
     r->up_reusable = false;
@@ -676,6 +686,11 @@ static void req_fail(struct gw_req *r, int status, enum gw_outcome outcome)
         attempt_end(r, false);
         if (try_retry(r, retry_cond(outcome), status))
             return;
+    }
+    if (cache_stale_ok(r, status)) {
+        req_drop_up(r, false);
+        cache_serve_stale(r);
+        return;
     }
     if (r->resp_head_sent || r->pump_down_on) {
         if (r->status == 0)
@@ -959,6 +974,7 @@ static void resp_complete(struct gw_req *r)
     struct gw_conn *c = r->c;
 
     r->resp_phase = GW_RESP_DONE;
+    cache_capture_end(r, true);
     if (r->req_phase != GW_REQ_DONE) {
         /* The upstream answered before it had the whole request body: the
          * rest can't be skipped reliably, so neither connection is reused. */
@@ -1014,7 +1030,7 @@ static void on_resp_sent(struct gw_conn *c)
         resp_complete(r);
         return;
     }
-    if (!r->resp_chunked && !r->resp_until_close && u->in.len == 0 &&
+    if (!r->resp_chunked && !r->resp_until_close && u->in.len == 0 && !r->cache_capture &&
         r->resp_left >= GW_SPLICE_MIN_BYTES) {
         if (gw_pump_start(&r->pump_up, c->w, u->fd, c->fd, r->resp_left, on_pump_up_done) ==
             0) {
@@ -1063,6 +1079,8 @@ static void resp_body_data(struct gw_req *r)
     }
     if (!r->resp_chunked && !r->resp_until_close)
         r->resp_left -= (uint64_t)k;
+    if (r->cache_capture && k > 0)
+        cache_capture(r, gw_buf_head(&r->up->in), (size_t)k);
     r->resp_pending = (size_t)k;
     if (r->c->flags & GW_C_SEND_BUSY)
         r->c->deferred = resp_send;
@@ -1083,6 +1101,13 @@ static void resp_start(struct gw_req *r, size_t head_len)
     attempt_end(r, !gw_breaker_status_fails(&r->route->upstream->breaker, q->status));
     if (q->status >= 500 && try_retry(r, GW_RETRY_5XX, q->status))
         return; /* the response is dropped with its connection */
+    if (cache_stale_ok(r, q->status)) {
+        req_drop_up(r, false); /* its body is left unread */
+        cache_serve_stale(r);
+        return;
+    }
+    if (r->cache_fill && q->status != 101)
+        cache_capture_start(r, q);
     r->status = q->status;
     r->resp_phase = GW_RESP_BODY;
     r->resp_chunked = (q->flags & GW_MSG_CHUNKED) != 0;
@@ -1107,6 +1132,11 @@ static void resp_start(struct gw_req *r, size_t head_len)
                          "RateLimit-Reset: %llu\r\n\r\n",
                          r->rl_limit, r->rl_remaining,
                          (unsigned long long)((r->rl_reset_ms + 999) / 1000));
+        n = k > 0 && (size_t)k < c->out.cap - (size_t)n + 2 ? n - 2 + k : -1;
+    }
+    if (n >= 2 && r->cache_use != 0) {
+        int k = snprintf(c->out.data + n - 2, c->out.cap - (size_t)n + 2, "X-Cache: %s\r\n\r\n",
+                         r->cache_result == GW_CACHE_BYPASSED ? "BYPASS" : "MISS");
         n = k > 0 && (size_t)k < c->out.cap - (size_t)n + 2 ? n - 2 + k : -1;
     }
     if (n < 0) {
@@ -1442,6 +1472,403 @@ static bool rate_limit_admits(struct gw_req *r, const struct gw_request *q)
     return false;
 }
 
+/* ---- cache ---------------------------------------------------------------
+ *
+ * A route with a cache block looks a GET or HEAD up in the worker's L1
+ * before anything goes upstream. A fresh entry answers at once (a 304 when
+ * the request's validators match). On a miss the first GET for a key
+ * becomes its fill: it is listed in w->fills, and later requests for the
+ * same key park behind it instead of going upstream too. When its response
+ * is storable and has a Content-Length within max_object_bytes, the body is
+ * copied into a new entry as it is relayed (no splice then); at the end the
+ * entry goes into the L1 and the parked requests are answered from it.
+ * Otherwise they are let go to the upstream themselves. A stale entry
+ * within its stale-if-error window is kept by the request and served when
+ * the upstream fails. Every request to such a route counts one result. */
+
+static void cache_send(struct gw_conn *c)
+{
+    struct gw_req *r = c->req;
+    int n = 1;
+
+    c->iov[0].iov_base = gw_buf_head(&c->out);
+    c->iov[0].iov_len = c->out.len;
+    if (r->cent_body.len > 0) {
+        c->iov[1].iov_base = (void *)r->cent_body.ptr;
+        c->iov[1].iov_len = r->cent_body.len;
+        n = 2;
+    }
+    c_send(c, n, on_error_sent);
+}
+
+static void l1_gauges(struct gw_wctx *w)
+{
+    atomic_store_explicit(&w->stats->cache_l1_bytes, (int64_t)w->l1.bytes,
+                          memory_order_relaxed);
+    atomic_store_explicit(&w->stats->cache_l1_entries, (int64_t)w->l1.count,
+                          memory_order_relaxed);
+    atomic_store_explicit(&w->stats->cache_l1_evictions, w->l1.evictions,
+                          memory_order_relaxed);
+}
+
+/* The request's own head again, parsed from what uout holds for the
+ * upstream (the client's head bytes are gone by now); NULL if it is not
+ * there any more. The result lives in w->preq. */
+static const struct gw_request *req_head_again(struct gw_req *r)
+{
+    struct gw_wctx *w = r->c->w;
+
+    if (r->uout.data == NULL || r->uout.len == 0)
+        return NULL;
+    if (gw_http_parse_request(gw_buf_head(&r->uout), r->uout.len,
+                              r->cfgref->cfg->limits.max_header_bytes + 64, &w->preq) <= 0)
+        return NULL;
+    return &w->preq;
+}
+
+static bool vary_matches(const struct gw_l1_ent *ent, const struct gw_request *q)
+{
+    if (ent->e.vary.len == 0)
+        return true;
+    return q != NULL && gw_cache_vary_hash(ent->e.vary, q->headers, q->nheaders) ==
+                            ent->e.vary_hash;
+}
+
+/* Answers r from ent; q: the request's head (for validators), or NULL. */
+static void cache_serve(struct gw_req *r, struct gw_l1_ent *ent, const struct gw_request *q,
+                        const char *x_cache)
+{
+    struct gw_conn *c = r->c;
+    struct gw_wctx *w = c->w;
+    bool nm = q != NULL && gw_cache_not_modified(&ent->e, q->headers, q->nheaders);
+    int64_t age = ent->e.age_s + (gw_clock_wall_ms() - ent->e.stored_ms) / 1000;
+    size_t n;
+    ssize_t t;
+
+    ent->refs++;
+    if (r->cent != NULL)
+        gw_l1_release(&w->l1, r->cent);
+    r->cent = ent;
+    r->client_close = r->client_close || !(r->req_flags & GW_MSG_KEEPALIVE) ||
+                      (c->flags & GW_C_PEER_EOF) || w->draining;
+    gw_bufpool_get(&w->out_pool, &c->out);
+    if (nm) {
+        n = gw_cache_head_304(&ent->e, c->out.data, c->out.cap);
+    } else {
+        n = ent->e.head.len <= c->out.cap ? ent->e.head.len : 0;
+        memcpy(c->out.data, ent->e.head.ptr, n);
+    }
+    t = n > 0 ? gw_http_write_head_tail(c->out.data + n, c->out.cap - n,
+                                        (uint64_t)(age > 0 ? age : 0), x_cache,
+                                        gw_slice(r->rid, r->rid_len), r->client_close,
+                                        r->client_minor)
+              : -1;
+    if (t < 0) {
+        req_respond(r, 500, true); /* a stored head larger than the buffer: not expected */
+        return;
+    }
+    c->out.off = 0;
+    c->out.len = n + (size_t)t;
+    r->status = nm ? 304 : (int)ent->e.status;
+    r->cent_body = nm || r->method == GW_METHOD_HEAD ? gw_slice(NULL, 0) : ent->e.body;
+    r->resp_phase = GW_RESP_DONE;
+    r->resp_head_sent = true;
+    if (c->flags & GW_C_SEND_BUSY)
+        c->deferred = cache_send;
+    else
+        cache_send(c);
+}
+
+static struct gw_req **fill_slot(struct gw_wctx *w, uint64_t hash)
+{
+    return &w->fills[hash % GW_FILL_BUCKETS];
+}
+
+static struct gw_req *fill_find(struct gw_wctx *w, const struct gw_req *r)
+{
+    for (struct gw_req *f = *fill_slot(w, r->ckey_hash); f != NULL; f = f->fill_next)
+        if (f->ckey_hash == r->ckey_hash && f->ckey_len == r->ckey_len &&
+            memcmp(f->ckey, r->ckey, r->ckey_len) == 0)
+            return f;
+    return NULL;
+}
+
+static void cache_unpark(struct gw_req *r)
+{
+    struct gw_req **pp;
+
+    if (!r->cache_parked)
+        return;
+    for (pp = &r->wait_on->waiters; *pp != NULL; pp = &(*pp)->wait_next)
+        if (*pp == r) {
+            *pp = r->wait_next;
+            break;
+        }
+    r->cache_parked = false;
+    r->wait_on = NULL;
+    r->wait_next = NULL;
+}
+
+/* r stops filling its key: the parked requests are answered from ent, or
+ * (ent NULL, or a variant they did not ask for) go upstream themselves. */
+static void cache_fill_end(struct gw_req *r, struct gw_l1_ent *ent)
+{
+    struct gw_wctx *w = r->c->w;
+    struct gw_req **pp, *waiter;
+
+    if (!r->cache_fill)
+        return;
+    r->cache_fill = false;
+    for (pp = fill_slot(w, r->ckey_hash); *pp != NULL; pp = &(*pp)->fill_next)
+        if (*pp == r) {
+            *pp = r->fill_next;
+            break;
+        }
+    r->fill_next = NULL;
+    while ((waiter = r->waiters) != NULL) {
+        const struct gw_request *q;
+
+        cache_unpark(waiter);
+        q = req_head_again(waiter);
+        if (ent != NULL && vary_matches(ent, q)) {
+            waiter->cache_result = GW_CACHE_HIT;
+            gw_timer_cancel(&w->timers, &waiter->deadline);
+            cache_serve(waiter, ent, q, "HIT");
+        } else {
+            start_attempt(waiter);
+        }
+    }
+}
+
+/* Whether r holds a stale entry it may serve instead of status. */
+static bool cache_stale_ok(const struct gw_req *r, int status)
+{
+    return r->cent != NULL && !r->resp_head_sent &&
+           (status == 500 || status == 502 || status == 503 || status == 504) &&
+           gw_clock_wall_ms() < r->cent->e.stale_until_ms;
+}
+
+static void cache_serve_stale(struct gw_req *r)
+{
+    struct gw_l1_ent *ent = r->cent;
+
+    r->cache_result = GW_CACHE_STALE;
+    gw_timer_cancel(&r->c->w->timers, &r->deadline);
+    ent->refs++; /* cache_serve drops r->cent before taking it again */
+    cache_serve(r, ent, req_head_again(r), "STALE");
+    gw_l1_release(&r->c->w->l1, ent);
+}
+
+/* At the response head of a fill: sets up the capture of a storable
+ * response, or lets the parked requests go. */
+static void cache_capture_start(struct gw_req *r, const struct gw_response *q)
+{
+    const struct gw_cache_conf *cc = &r->route->cache;
+    struct gw_cache_life life;
+    struct gw_cache_entry e;
+    struct gw_l1_ent *ent;
+    const struct gw_header *h;
+    char vary[512], head[8192];
+    uint64_t body_len = 0;
+    int64_t now_ms = gw_clock_wall_ms();
+    int nv;
+    ssize_t nh;
+    size_t size;
+
+    if (q->flags & GW_MSG_HAS_BODY) {
+        if ((q->flags & (GW_MSG_CHUNKED | GW_MSG_UNTIL_CLOSE)) || q->content_length < 0 ||
+            (uint64_t)q->content_length > cc->max_object_bytes)
+            goto no;
+        body_len = (uint64_t)q->content_length;
+    }
+    if (gw_cache_storable(cc, q, r->cache_auth, now_ms / 1000, &life) != NULL)
+        goto no;
+    nv = gw_cache_vary_names(q->headers, q->nheaders, vary, sizeof(vary));
+    if (nv < 0)
+        goto no;
+    nh = gw_http_write_stored_head(head, sizeof(head), q, body_len, cc->store_set_cookie);
+    if (nh < 0)
+        goto no;
+    memset(&e, 0, sizeof(e));
+    e.key = gw_slice(r->ckey, r->ckey_len);
+    e.key_hash = r->ckey_hash;
+    e.vary = gw_slice(vary, (size_t)nv);
+    if (nv > 0) {
+        const struct gw_request *rq = req_head_again(r);
+        if (rq == NULL)
+            goto no;
+        e.vary_hash = gw_cache_vary_hash(e.vary, rq->headers, rq->nheaders);
+    }
+    if ((h = gw_http_find_header(q->headers, q->nheaders, "etag")) != NULL)
+        e.etag = h->value;
+    if ((h = gw_http_find_header(q->headers, q->nheaders, "last-modified")) != NULL)
+        e.last_modified = h->value;
+    e.head = gw_slice(head, (size_t)nh);
+    e.status = (unsigned)q->status;
+    e.stored_ms = now_ms;
+    e.age_s = life.age_s;
+    e.fresh_until_ms = now_ms + life.fresh_s * 1000;
+    e.stale_until_ms = e.fresh_until_ms + life.stale_s * 1000;
+    size = gw_cache_blob_size(e.key.len, e.vary.len, e.etag.len, e.last_modified.len,
+                              e.head.len, body_len);
+    ent = gw_l1_alloc(size);
+    /* Everything but the body goes in place now (its sources do not
+     * outlive this call); the body is copied in as it is relayed. */
+    e.body = gw_slice(ent->blob + size - 8 - body_len, body_len);
+    ent->e = e;
+    gw_cache_blob_write(&ent->e, ent->blob, size);
+    r->cap_ent = ent;
+    r->cap_len = 0;
+    r->cache_capture = true;
+    return;
+no:
+    cache_fill_end(r, NULL);
+}
+
+static void cache_capture(struct gw_req *r, const char *p, size_t n)
+{
+    struct gw_l1_ent *ent = r->cap_ent;
+
+    if (r->cap_len + n > ent->e.body.len) {
+        r->cache_capture = false; /* more than announced: not stored */
+        return;
+    }
+    memcpy((char *)ent->e.body.ptr + r->cap_len, p, n);
+    r->cap_len += n;
+}
+
+/* The relayed response ended (complete or not). */
+static void cache_capture_end(struct gw_req *r, bool complete)
+{
+    struct gw_wctx *w = r->c->w;
+    struct gw_l1_ent *ent = r->cap_ent;
+
+    if (ent == NULL)
+        return;
+    r->cap_ent = NULL;
+    if (complete && r->cache_capture && r->cap_len == ent->e.body.len) {
+        gw_cache_blob_write(&ent->e, ent->blob, ent->size - sizeof(*ent));
+        gw_l1_insert(&w->l1, ent, gw_now_ms);
+        gw_stat_add(&w->stats->cache_stored_bytes, ent->e.body.len);
+        l1_gauges(w);
+        cache_fill_end(r, ent);
+    } else {
+        cache_fill_end(r, NULL);
+    }
+    r->cache_capture = false;
+    gw_l1_release(&w->l1, ent);
+}
+
+/* PURGE of a cached path: removes the key from every worker's L1. */
+static void cache_purge(struct gw_req *r, const struct gw_route *route, const struct gw_request *q)
+{
+    struct gw_conn *c = r->c;
+    const struct gw_config *cfg = r->cfgref->cfg;
+    bool allowed = false;
+
+    for (size_t i = 0; i < cfg->npurge_from && !allowed; i++)
+        allowed = c->peer_family != 0 &&
+                  gw_cidr_match(&cfg->purge_from[i], c->peer_family, c->peer_addr);
+    if (!allowed) {
+        req_respond(r, 403, false);
+        return;
+    }
+    r->ckey_len = gw_cache_key(&route->cache, q->host, q->path, r->ckey, sizeof(r->ckey));
+    if (r->ckey_len > 0) {
+        r->ckey_hash = gw_hash64(r->ckey, r->ckey_len, 0);
+        gw_cache_purge_note(r->ckey_hash, gw_now_ms);
+        gw_l1_remove(&c->w->l1, r->ckey_hash, gw_slice(r->ckey, r->ckey_len));
+        l1_gauges(c->w);
+    }
+    req_respond(r, 200, false);
+}
+
+/* Before anything goes upstream: true when the cache answered. */
+static bool cache_begin(struct gw_req *r, const struct gw_request *q)
+{
+    struct gw_wctx *w = r->c->w;
+    const struct gw_cache_conf *cc = &r->route->cache;
+    enum gw_cache_use use = gw_cache_request_use(cc, q->method, q->headers, q->nheaders);
+    struct gw_l1_ent *ent;
+
+    if (q->flags & (GW_MSG_HAS_BODY | GW_MSG_UPGRADE))
+        use = GW_CACHE_BYPASS;
+    if (use != GW_CACHE_BYPASS) {
+        r->ckey_len = gw_cache_key(cc, q->host, q->path, r->ckey, sizeof(r->ckey));
+        if (r->ckey_len == 0)
+            use = GW_CACHE_BYPASS;
+    }
+    r->cache_use = (uint8_t)(use + 1);
+    r->cache_result = use == GW_CACHE_BYPASS ? GW_CACHE_BYPASSED : GW_CACHE_MISS;
+    if (use == GW_CACHE_BYPASS)
+        return false;
+    r->cache_auth = gw_http_find_header(q->headers, q->nheaders, "authorization") != NULL;
+    r->ckey_hash = gw_hash64(r->ckey, r->ckey_len, 0);
+    if (use == GW_CACHE_LOOKUP) {
+        ent = gw_l1_get(&w->l1, r->ckey_hash, gw_slice(r->ckey, r->ckey_len),
+                        gw_clock_wall_ms(), gw_now_ms);
+        if (ent != NULL && !vary_matches(ent, q)) {
+            gw_l1_release(&w->l1, ent);
+            ent = NULL;
+        }
+        if (ent != NULL && gw_clock_wall_ms() < ent->e.fresh_until_ms) {
+            r->cache_result = GW_CACHE_HIT;
+            cache_serve(r, ent, q, "HIT");
+            gw_l1_release(&w->l1, ent);
+            l1_gauges(w);
+            return true;
+        }
+        r->cent = ent; /* stale: kept in case the upstream fails */
+    }
+    /* A miss of a GET fills the key, or waits for the request already
+     * filling it; a refresh fills it without waiting for anyone. */
+    if (q->method == GW_METHOD_GET) {
+        if (use == GW_CACHE_LOOKUP && fill_find(w, r) != NULL) {
+            r->cache_park = true;
+        } else if (fill_find(w, r) == NULL) {
+            r->cache_fill = true;
+            r->fill_next = *fill_slot(w, r->ckey_hash);
+            *fill_slot(w, r->ckey_hash) = r;
+        }
+    }
+    return false;
+}
+
+/* The last step of req_start for a request that waits for a fill. */
+static void cache_park_or_start(struct gw_req *r)
+{
+    struct gw_req *f;
+
+    if (r->cache_park && (f = fill_find(r->c->w, r)) != NULL) {
+        r->cache_park = false;
+        r->cache_parked = true;
+        r->wait_on = f;
+        r->wait_next = f->waiters;
+        f->waiters = r;
+        return;
+    }
+    start_attempt(r);
+}
+
+/* When the request ends, whatever happened. */
+static void cache_end(struct gw_req *r)
+{
+    struct gw_wctx *w = r->c->w;
+
+    if (r->cache_use == 0)
+        return;
+    if (r->route_slot != GW_METRICS_ROUTE_NONE)
+        gw_stat_add(&w->stats->routes[r->route_slot]->cache[r->cache_result], 1);
+    cache_unpark(r);
+    cache_capture_end(r, false);
+    cache_fill_end(r, NULL);
+    if (r->cent != NULL) {
+        gw_l1_release(&w->l1, r->cent);
+        r->cent = NULL;
+    }
+    r->cache_use = 0;
+}
+
 /* The deadline header of this request's route or listener; NULL: none. */
 static const char *deadline_header(const struct gw_req *r)
 {
@@ -1477,6 +1904,20 @@ static void req_start(struct gw_conn *c, size_t head_len)
     r = req_new(c);
     copy_request_facts(r, q);
 
+    if (q->method == GW_METHOD_OTHER && gw_slice_eq(q->method_str, "PURGE")) {
+        /* PURGE of a path whose GET a cached route serves; to any other
+         * route it is just a method */
+        const struct gw_route *cr = gw_router_match(cfg, q->host, q->path, GW_SLICE_LIT("GET"));
+        if (cr != NULL && cr->cache.enabled) {
+            r->route = cr;
+            r->route_slot = cr->metrics_slot;
+            gw_buf_consume(&c->in, head_len);
+            if (q->flags & GW_MSG_HAS_BODY)
+                r->client_close = true;
+            cache_purge(r, cr, q);
+            return;
+        }
+    }
     r->route = gw_router_match(cfg, q->host, q->path, q->method_str);
     if (r->route == NULL) {
         gw_buf_consume(&c->in, head_len);
@@ -1506,6 +1947,10 @@ static void req_start(struct gw_conn *c, size_t head_len)
         gw_stat_add(&w->stats->routes[r->route_slot]->deadline_exceeded, 1);
         gw_buf_consume(&c->in, head_len);
         req_respond(r, 504, (q->flags & GW_MSG_HAS_BODY) != 0);
+        return;
+    }
+    if (r->route->cache.enabled && cache_begin(r, q)) {
+        gw_buf_consume(&c->in, head_len);
         return;
     }
     r->deadline_at_ms = gw_now_ms + budget;
@@ -1563,7 +2008,7 @@ static void req_start(struct gw_conn *c, size_t head_len)
         c->iov[0].iov_len = sizeof(continue_100) - 1;
         c_send(c, 1, NULL);
     }
-    start_attempt(r);
+    cache_park_or_start(r);
 }
 
 /* No request in progress: parse the next head from c->in, or wait. */

@@ -19,13 +19,14 @@ SECTIONS = {
     "`routes`": ["route"],
     "Rate limits": ["rate_limit"],
     "Circuit breakers": ["breaker"],
+    "Response cache": ["route_cache", "cache"],
 }
 
 # Every optional group present and empty, so that -T prints its defaults.
 MINIMAL = """
 listen = ( { address = "127.0.0.1:1"; } );
 upstreams = ( { name = "app"; servers = [ "127.0.0.1:2" ]; breaker = {}; } );
-routes = ( { name = "r"; upstream = "app"; rate_limit = { rate = 1.0; }; } );
+routes = ( { name = "r"; upstream = "app"; rate_limit = { rate = 1.0; }; cache = {}; } );
 """
 
 
@@ -73,7 +74,8 @@ def dump(gateway_bin, tmp_path):
             continue
         m = re.fullmatch(r"(\w+) = [{(]", s)
         if m:  # a group or list opens on its own line
-            stack.append(group_of.get(m.group(1), m.group(1)))
+            name = group_of.get(m.group(1), m.group(1))
+            stack.append("route_cache" if name == "cache" and stack[-1] == "route" else name)
             continue
         if s in ("};", ");"):
             stack.pop()

@@ -28,6 +28,11 @@ Behaviour is chosen by path (the query string is ignored unless noted):
                       Keep-Alive, Proxy-Authenticate) and an end-to-end X-End
   /ws                 needs Upgrade: websocket; 101, then echoes raw bytes until close
   /close-after        200 "ok" with keep-alive headers, then closes the connection at once
+  /cache/NAME         for the cache tests: body "NAME N" where N counts the requests for NAME
+                      (so a test tells a stored answer from a fresh one); ?h=Field:Value (URL-
+                      encoded, repeatable) adds response fields, ?status=S sets the status,
+                      ?size=N pads the body to N bytes, ?chunked=1 sends it chunked,
+                      ?delay=MS waits before answering
   anything else       404 "no such upstream path"
 
 Failing on command (whatever the path): `up.fail("503"|"reset"|"hang", n=None)` makes the
@@ -169,6 +174,7 @@ class Upstream:
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.accepted = 0
+        self.cache_hits = {}
         self.requests = []
         self.active = set()
         self.port = None
@@ -414,6 +420,47 @@ class Upstream:
             return self._send(c, 404, b"no such upstream path\n", [("Content-Type", "text/plain")],
                               keep=keep)
         return fn(c, req, keep, arg)
+
+    def _h_cache(self, c, req, keep, arg):
+        from urllib.parse import unquote_plus
+        with self.lock:
+            self.cache_hits[arg] = self.cache_hits.get(arg, 0) + 1
+            n = self.cache_hits[arg]
+        hdrs = [("Content-Type", "text/plain")]
+        status = 200
+        size = None
+        chunked = False
+        for kv in req.query.split("&"):
+            k, _, v = kv.partition("=")
+            if k == "h":
+                name, _, value = unquote_plus(v).partition(":")
+                hdrs.append((name.strip(), value.strip()))
+            elif k == "status":
+                status = int(v)
+            elif k == "size":
+                size = int(v)
+            elif k == "chunked":
+                chunked = v == "1"
+            elif k == "delay":
+                time.sleep(int(v) / 1000.0)
+        body = ("%s %d" % (arg, n)).encode()
+        if size is not None:
+            body = (body + b" " + pattern(size))[:size] if size >= len(body) else body
+        if status in (204, 304) or req.method == "HEAD":
+            c.sendall(self._head(status, hdrs + ([] if status in (204, 304) else
+                                                 [("Content-Length", str(len(body)))])
+                                 + ([] if keep else [("Connection", "close")])))
+            return keep
+        if chunked:
+            c.sendall(self._head(status, hdrs + [("Transfer-Encoding", "chunked")]
+                                 + ([] if keep else [("Connection", "close")]))
+                      + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+            return keep
+        return self._send(c, status, body, hdrs, keep=keep)
+
+    def cache_count(self, name):
+        with self.lock:
+            return self.cache_hits.get(name, 0)
 
     def _h_ok(self, c, req, keep, arg):
         return self._send(c, 200, b"ok", [("Content-Type", "text/plain")], keep=keep)
