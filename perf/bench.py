@@ -50,6 +50,12 @@ SCENARIOS = {
                     desc="GET 128 B, Connection: close (new connection per request), 64 conns"),
     "post1m": dict(path="/post", conns=16, post=POST_BYTES,
                    desc="POST 1 MiB body, keep-alive, 16 conns"),
+    # The upstream marks /cached/ cacheable (1 h); each proxy caches it, so after the
+    # warm-up every request is a hit (the functional check asserts the second one is).
+    "cache128": dict(path="/cached/128.bin", conns=64,
+                     desc="GET 128 B from the proxy's cache (100% hits), keep-alive, 64 conns"),
+    "cache16k": dict(path="/cached/16k.bin", conns=64,
+                     desc="GET 16 KiB from the proxy's cache (100% hits), keep-alive, 64 conns"),
 }
 ALL_TARGETS = ["direct", "nginx", "haproxy", "gateway"]
 # The gateway with one policy each, to price it: (route settings, upstream settings) added to
@@ -397,8 +403,19 @@ def functional_checks(port, files):
         st, data, _ = http_request(port, path, headers=hdr, timeout=10)
         if st != 200:
             return "GET %s -> HTTP %d" % (path, st)
-        if data != files[path.lstrip("/")]:
+        if data != files[path.rsplit("/", 1)[1]]:
             return "GET %s -> wrong body (%d bytes)" % (path, len(data))
+        return None
+
+    def cached(path):
+        err = get(path) or get(path)
+        if err:
+            return err
+        st, _, hdrs = http_request(port, path, timeout=10)
+        # nginx and the gateway say HIT in X-Cache; HAProxy says nothing (its check is the body)
+        xc = hdrs.get("x-cache")
+        if xc is not None and xc.upper() != "HIT":
+            return "GET %s twice, then X-Cache: %s (not served from the cache)" % (path, xc)
         return None
 
     def post():
@@ -409,7 +426,8 @@ def functional_checks(port, files):
 
     checks = {"get128": lambda: get("/128.bin"), "get16k": lambda: get("/16k.bin"),
               "get1m": lambda: get("/1m.bin"), "newconn": lambda: get("/128.bin", True),
-              "post1m": post}
+              "post1m": post, "cache128": lambda: cached("/cached/128.bin"),
+              "cache16k": lambda: cached("/cached/16k.bin")}
     for name, fn in checks.items():
         try:
             out[name] = fn()
