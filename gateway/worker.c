@@ -280,6 +280,31 @@ static void sync_listeners(struct gw_worker *wk, const struct gw_config *cfg)
     }
 }
 
+static void redis_depth(void *ctx, unsigned n)
+{
+    gw_metrics_redis_depth(ctx, n);
+}
+
+/* Starts, moves, keeps or (a config without a redis block) closes the
+ * worker's Redis connection for cfg. */
+static void redis_configure(struct gw_wctx *w, const struct gw_config *cfg)
+{
+    if (!cfg->redis.enabled) {
+        if (w->redis.ring != NULL)
+            gw_redis_configure(&w->redis, &cfg->redis);
+        w->redis_on = false;
+        atomic_store(&w->stats->redis_configured, 0);
+        return;
+    }
+    if (w->redis.ring == NULL)
+        gw_redis_init(&w->redis, &w->ring, &w->timers, &cfg->redis,
+                      (struct gw_redis_stats){&w->stats->redis_up, redis_depth, w->stats});
+    else
+        gw_redis_configure(&w->redis, &cfg->redis);
+    w->redis_on = true;
+    atomic_store(&w->stats->redis_configured, 1);
+}
+
 static void switch_config(struct gw_worker *wk)
 {
     uint64_t gen = atomic_load_explicit(&published_gen, memory_order_acquire);
@@ -296,6 +321,7 @@ static void switch_config(struct gw_worker *wk)
             sync_listeners(wk, cfg);
         /* a smaller cap takes effect as entries are added */
         wk->ctx.l1.cap = cfg->cache_l1_bytes / wk->nworkers;
+        redis_configure(&wk->ctx, cfg);
     }
     atomic_store_explicit(&wk->seen_gen, gen, memory_order_release);
 }
@@ -348,6 +374,7 @@ static void *worker_main(void *arg)
     w->cur = gw_cfgref_new(w, cfg);
     atomic_store(&wk->seen_gen, cfg->generation);
     gw_l1_init(&w->l1, cfg->cache_l1_bytes / wk->nworkers);
+    redis_configure(w, cfg);
     w->max_conns = cfg->limits.max_connections / wk->nworkers;
     if (w->max_conns == 0)
         w->max_conns = 1;
@@ -385,6 +412,8 @@ static void *worker_main(void *arg)
         }
         gw_timers_run(&w->timers, now);
         gw_log_flush(w);
+        if (w->redis.ring != NULL)
+            gw_redis_flush(&w->redis);
         arm_event(wk);
         wait = gw_timers_wait_ms(&w->timers, now, draining ? 50 : LOOP_MAX_WAIT_MS);
         ret = gw_ring_run(&w->ring, wait ? wait : 1);

@@ -98,7 +98,8 @@ struct gw_l1_ent *gw_l1_get(struct gw_l1 *l, uint64_t hash, struct gw_slice key,
     (void)mono_ms;
     if (e == NULL)
         return NULL;
-    if (now_ms >= e->e.stale_until_ms || gw_cache_purged_since(hash, e->stored_mono_ms)) {
+    if (now_ms >= e->e.stale_until_ms || (e->local_until_ms != 0 && now_ms >= e->local_until_ms) ||
+        gw_cache_purged_since(hash, e->stored_mono_ms)) {
         unlink_ent(l, e);
         return NULL;
     }

@@ -20,6 +20,7 @@ struct gw_l1_ent {
     unsigned refs;                   /* the table's (while linked) and users' */
     bool linked;
     uint64_t stored_mono_ms; /* monotonic ms when inserted (purge check) */
+    int64_t local_until_ms;  /* wall clock: dropped from this L1 then (0: at stale_until) */
     size_t size;             /* bytes charged against the cap */
     struct gw_cache_entry e; /* slices into blob */
     char blob[];

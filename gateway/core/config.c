@@ -31,7 +31,7 @@ struct ctx {
 static const char *const top_keys[] = {"workers",   "access_log", "drain_timeout_ms",
                                        "listen",    "admin",      "limits",
                                        "upstreams", "routes",     "trusted_proxies",
-                                       "cache",     NULL};
+                                       "cache",     "redis",      NULL};
 static const char *const listen_keys[] = {"address", "deadline_header", NULL};
 static const char *const admin_keys[] = {"address", NULL};
 static const char *const limits_keys[] = {"max_header_bytes",  "max_body_bytes",
@@ -48,7 +48,8 @@ static const char *const route_keys[] = {
     "upstream",   "timeout_ms",     "rate_limit",    "deadline_header", "retries",
     "retry_on",   "retry_budget",   "try_timeout_ms", "retry_methods",  "cache", NULL};
 static const char *const rate_limit_keys[] = {"rate", "burst", "key", "headers", "max_keys", NULL};
-static const char *const cache_keys[] = {"l1_bytes", "purge_from", NULL};
+static const char *const cache_keys[] = {"l1_bytes", "l1_ttl_s", "purge_from", NULL};
+static const char *const redis_keys[] = {"address", "password", "db", "timeout_ms", NULL};
 static const char *const route_cache_keys[] = {"ttl_s",           "max_object_bytes",
                                                "key",             "cache_authorized",
                                                "store_set_cookie", "stale_if_error_s",
@@ -971,6 +972,8 @@ static int parse_cache_store(struct ctx *c, const config_setting_t *root, struct
     if (get_int(c, g, "l1_bytes", 0, 1LL << 40, 64LL << 20, &v) == -1)
         return -1;
     cfg->cache_l1_bytes = (uint64_t)v;
+    if (get_u32(c, g, "l1_ttl_s", 1, 86400, 5, &cfg->cache_l1_ttl_s) == -1)
+        return -1;
     if (parse_cidr_list(c, g, "purge_from", "purge_from entry", &cfg->purge_from,
                         &cfg->npurge_from) == -1)
         return -1;
@@ -981,6 +984,40 @@ static int parse_cache_store(struct ctx *c, const config_setting_t *root, struct
         parse_cidr("::1", &cfg->purge_from[1]);
         cfg->npurge_from = 2;
     }
+    return 0;
+}
+
+static int parse_redis(struct ctx *c, const config_setting_t *root, struct gw_config *cfg)
+{
+    struct gw_redis_conf *rc = &cfg->redis;
+    const config_setting_t *g, *as, *ps;
+    const char *addr, *pw;
+
+    if (get_group(c, root, "redis", &g) == -1)
+        return -1;
+    if (g == NULL)
+        return 0;
+    if (check_keys(c, g, redis_keys, "redis") == -1)
+        return -1;
+    rc->enabled = true;
+    if (require_string(c, g, "address", "redis", &addr, &as) == -1)
+        return -1;
+    if (addr[0] == '/' || strncmp(addr, "unix:", 5) == 0) {
+        const char *path = addr[0] == '/' ? addr : addr + 5;
+        if (path[0] != '/' || strlen(path) >= 108)
+            return fail(c, as, "redis unix socket path must be absolute and shorter than 108 "
+                               "bytes: \"%s\"", addr);
+        rc->unix_path = gw_xstrdup(path);
+    } else if (addr_setting(c, as, addr, &rc->addr) == -1) {
+        return -1;
+    }
+    if (get_string(c, g, "password", &pw, &ps) == -1)
+        return -1;
+    if (pw != NULL)
+        rc->password = gw_xstrdup(pw);
+    if (get_u32(c, g, "db", 0, 1000000, 0, &rc->db) == -1 ||
+        get_u32(c, g, "timeout_ms", 1, 60000, 20, &rc->timeout_ms) == -1)
+        return -1;
     return 0;
 }
 
@@ -1234,7 +1271,7 @@ static int parse_root(struct ctx *c, const config_setting_t *root, struct gw_con
         return -1;
     if (parse_trusted(c, root, cfg) == -1)
         return -1;
-    if (parse_cache_store(c, root, cfg) == -1)
+    if (parse_cache_store(c, root, cfg) == -1 || parse_redis(c, root, cfg) == -1)
         return -1;
     if (parse_upstreams(c, root, cfg) == -1)
         return -1;
@@ -1269,6 +1306,8 @@ static void config_free(struct gw_config *cfg)
         free(cfg->listens[i].deadline_header);
     free(cfg->trusted_proxies);
     free(cfg->purge_from);
+    free(cfg->redis.unix_path);
+    free(cfg->redis.password);
     free(cfg->upstreams);
     free(cfg->servers);
     free(cfg->routes);

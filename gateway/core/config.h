@@ -176,6 +176,17 @@ struct gw_config {
 
     /* top-level `cache`: the in-process store every worker keeps */
     uint64_t cache_l1_bytes; /* for the whole process, split evenly between workers */
+    unsigned cache_l1_ttl_s; /* with Redis: an entry stays in an L1 at most this long */
+
+    /* top-level `redis`: the shared cache level (L2); enabled false without the block */
+    struct gw_redis_conf {
+        bool enabled;
+        struct gw_sockaddr addr; /* when unix_path is NULL */
+        char *unix_path;
+        char *password; /* NULL: no AUTH */
+        unsigned db;
+        unsigned timeout_ms;
+    } redis;
     struct gw_cidr *purge_from; /* peers allowed to send PURGE */
     size_t npurge_from;
 

@@ -250,8 +250,21 @@ void gw_config_dump(const struct gw_config *cfg, FILE *f)
     put_cidrs(f, "", "trusted_proxies", cfg->trusted_proxies, cfg->ntrusted_proxies);
     fputs("cache = {\n", f);
     put_u(f, ind, "l1_bytes", cfg->cache_l1_bytes);
+    put_u(f, ind, "l1_ttl_s", cfg->cache_l1_ttl_s);
     put_cidrs(f, ind, "purge_from", cfg->purge_from, cfg->npurge_from);
     fputs("};\n", f);
+    if (cfg->redis.enabled) {
+        char a[128];
+        snprintf(a, sizeof(a), "%s%s", cfg->redis.unix_path ? "unix:" : "",
+                 cfg->redis.unix_path ? cfg->redis.unix_path : cfg->redis.addr.text);
+        fputs("redis = {\n", f);
+        put_kstr(f, ind, "address", a);
+        if (cfg->redis.password != NULL)
+            fprintf(f, "%s# password: set\n", ind); /* never printed */
+        put_u(f, ind, "db", cfg->redis.db);
+        put_u(f, ind, "timeout_ms", cfg->redis.timeout_ms);
+        fputs("};\n", f);
+    }
     fputs("listen = (\n", f);
     for (size_t i = 0; i < cfg->nlistens; i++) {
         fputs("    { address = ", f);

@@ -414,6 +414,50 @@ static void render_counter(struct gw_text *out, const char *name, const char *he
                    (unsigned long long)v);
 }
 
+void gw_metrics_redis_depth(struct gw_worker_stats *ws, unsigned n)
+{
+    unsigned b = 0;
+
+    while (b < GW_DEPTH_BUCKETS - 1 && n > (1u << b))
+        b++;
+    gw_stat_add(&ws->redis_depth[b], 1);
+    gw_stat_add(&ws->redis_depth_sum, n);
+    gw_stat_add(&ws->redis_writes, 1);
+}
+
+static void render_redis(struct gw_text *out)
+{
+    uint64_t configured = SUM_WORKERS((uint64_t)atomic_load_explicit(&ws->redis_configured,
+                                                                     memory_order_relaxed));
+    uint64_t up = SUM_WORKERS((uint64_t)atomic_load_explicit(&ws->redis_up,
+                                                             memory_order_relaxed));
+    uint64_t cum = 0;
+
+    if (configured == 0)
+        return;
+    gw_text_printf(out, "# HELP gateway_redis_up 1 when every worker is connected to Redis.\n"
+                        "# TYPE gateway_redis_up gauge\ngateway_redis_up %d\n",
+                   up == configured ? 1 : 0);
+    gw_text_printf(out, "# HELP gateway_redis_pipeline_depth Redis commands sent per write.\n"
+                        "# TYPE gateway_redis_pipeline_depth histogram\n");
+    for (unsigned b = 0; b < GW_DEPTH_BUCKETS; b++) {
+        cum += SUM_WORKERS(load(&ws->redis_depth[b]));
+        if (b < GW_DEPTH_BUCKETS - 1)
+            gw_text_printf(out, "gateway_redis_pipeline_depth_bucket{le=\"%u\"} %llu\n", 1u << b,
+                           (unsigned long long)cum);
+        else
+            gw_text_printf(out, "gateway_redis_pipeline_depth_bucket{le=\"+Inf\"} %llu\n",
+                           (unsigned long long)cum);
+    }
+    gw_text_printf(out, "gateway_redis_pipeline_depth_sum %llu\ngateway_redis_pipeline_depth_count "
+                        "%llu\n",
+                   (unsigned long long)SUM_WORKERS(load(&ws->redis_depth_sum)),
+                   (unsigned long long)SUM_WORKERS(load(&ws->redis_writes)));
+    render_counter(out, "gateway_cache_l2_errors_total",
+                   "Values read from Redis that were corrupt or cut short (served as misses).",
+                   SUM_WORKERS(load(&ws->cache_l2_errors)));
+}
+
 static void render_cache(struct gw_text *out)
 {
     static const char *const results[GW_CACHE_RESULT_COUNT] = {"hit", "miss", "bypass",
@@ -461,6 +505,7 @@ void gw_metrics_render(struct gw_text *out)
                          "Requests whose time budget ran out (504, or cut mid-response).",
                          offsetof(struct gw_route_stats, deadline_exceeded));
     render_cache(out);
+    render_redis(out);
     render_servers(out);
     render_upstreams(out);
     gw_text_printf(out, "# HELP gateway_connections_active Client connections open now, by the "

@@ -51,6 +51,12 @@ struct gw_hist {
 
 void gw_hist_add(struct gw_hist *h, uint64_t us);
 
+struct gw_worker_stats;
+/* Records one Redis write of n commands (gateway_redis_pipeline_depth). */
+void gw_metrics_redis_depth(struct gw_worker_stats *ws, unsigned n);
+
+#define GW_DEPTH_BUCKETS 10
+
 /* gateway_cache_requests_total{result} */
 enum gw_cache_result {
     GW_CACHE_HIT = 0,
@@ -95,6 +101,12 @@ struct gw_worker_stats {
     _Atomic int64_t cache_l1_bytes;      /* gauges of this worker's L1 */
     _Atomic int64_t cache_l1_entries;
     _Atomic uint64_t cache_l1_evictions;
+    _Atomic int64_t redis_configured; /* this worker has a Redis connection to keep */
+    _Atomic int64_t redis_up;
+    _Atomic uint64_t redis_depth[GW_DEPTH_BUCKETS]; /* commands per write: 1, 2, 4 .. 256, more */
+    _Atomic uint64_t redis_depth_sum;
+    _Atomic uint64_t redis_writes;
+    _Atomic uint64_t cache_l2_errors; /* values in Redis that were corrupt or cut short */
     struct gw_route_stats *routes[GW_METRICS_MAX_SLOTS];
     struct gw_server_stats *servers[GW_METRICS_MAX_SLOTS];
 };

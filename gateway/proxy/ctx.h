@@ -12,6 +12,7 @@
 #include "http/chunked.h"
 #include "http/msg.h"
 #include "io/bufring.h"
+#include "io/redis.h"
 #include "io/ring.h"
 #include "io/timer.h"
 
@@ -119,6 +120,13 @@ enum gw_resp_phase {
     GW_RESP_DONE,
 };
 
+/* A Redis lookup's way back to its request, which may end first (then r
+ * is NULL when the reply comes). */
+struct gw_l2_wait {
+    struct gw_req *r;
+    struct gw_l2_wait *next; /* free list */
+};
+
 /* One request in flight on a client connection. */
 struct gw_req {
     struct gw_conn *c;
@@ -216,6 +224,8 @@ struct gw_req {
     struct gw_req *waiters;    /* parked behind this fill */
     struct gw_req *wait_next;
     struct gw_req *wait_on;    /* the fill this one waits for */
+    struct gw_l2_wait *l2_wait; /* a Redis lookup in flight for this request */
+    bool l2_done;               /* Redis was asked (or could not be) */
     char ckey[GW_CACHE_KEY_MAX];
 };
 
@@ -272,6 +282,9 @@ struct gw_wctx {
     struct gw_pool *pools;
     struct gw_l1 l1;                         /* response cache in front of the upstreams */
     struct gw_req *fills[GW_FILL_BUCKETS];   /* requests filling a cache key */
+    struct gw_redis redis;                   /* the shared cache level, when configured */
+    bool redis_on;
+    struct gw_l2_wait *free_l2_waits;
     unsigned nconns, max_conns;
     unsigned reqs_active;    /* requests past routing, for the retry budget */
     unsigned retries_active; /* of those, requests on a retry */

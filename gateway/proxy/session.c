@@ -1597,6 +1597,10 @@ static void cache_unpark(struct gw_req *r)
 {
     struct gw_req **pp;
 
+    if (r->l2_wait != NULL) {
+        r->l2_wait->r = NULL; /* the reply, when it comes, finds nobody */
+        r->l2_wait = NULL;
+    }
     if (!r->cache_parked)
         return;
     for (pp = &r->wait_on->waiters; *pp != NULL; pp = &(*pp)->wait_next)
@@ -1737,6 +1741,57 @@ static void cache_capture(struct gw_req *r, const char *p, size_t n)
     r->cap_len += n;
 }
 
+/* The Redis key of r's cache key: a prefix with the format version. */
+static size_t l2_key(const struct gw_req *r, char *out, size_t cap)
+{
+    static const char prefix[] = "gwc1:";
+
+    if (sizeof(prefix) - 1 + r->ckey_len > cap)
+        return 0;
+    memcpy(out, prefix, sizeof(prefix) - 1);
+    memcpy(out + sizeof(prefix) - 1, r->ckey, r->ckey_len);
+    return sizeof(prefix) - 1 + r->ckey_len;
+}
+
+static void on_l2_stored(void *arg, const redisReply *reply)
+{
+    (void)arg;
+    (void)reply; /* a lost SET costs a later miss, nothing more */
+}
+
+/* Also in Redis, for every worker and every instance, until it is stale. */
+static void l2_store(struct gw_wctx *w, const struct gw_req *r, const struct gw_l1_ent *ent)
+{
+    char key[GW_CACHE_KEY_MAX + 8], px[24];
+    int64_t ttl = ent->e.stale_until_ms - gw_clock_wall_ms();
+    const char *argv[5];
+    size_t len[5];
+
+    if (!w->redis_on || ttl <= 0)
+        return;
+    len[1] = l2_key(r, key, sizeof(key));
+    len[4] = (size_t)snprintf(px, sizeof(px), "%lld", (long long)ttl);
+    argv[0] = "SET", len[0] = 3;
+    argv[1] = key;
+    argv[2] = ent->blob, len[2] = ent->size - sizeof(*ent);
+    argv[3] = "PX", len[3] = 2;
+    argv[4] = px;
+    if (len[1] > 0)
+        gw_redis_command(&w->redis, on_l2_stored, NULL, 5, argv, len);
+}
+
+/* In this worker's L1; with Redis, for at most l1_ttl_s, so that purges
+ * and new versions from other instances reach it soon. */
+static void l1_put(struct gw_wctx *w, struct gw_l1_ent *ent, const struct gw_config *cfg)
+{
+    if (w->redis_on) {
+        int64_t cap = gw_clock_wall_ms() + (int64_t)cfg->cache_l1_ttl_s * 1000;
+        ent->local_until_ms = cap < ent->e.stale_until_ms ? cap : 0;
+    }
+    gw_l1_insert(&w->l1, ent, gw_now_ms);
+    l1_gauges(w);
+}
+
 /* The relayed response ended (complete or not). */
 static void cache_capture_end(struct gw_req *r, bool complete)
 {
@@ -1748,9 +1803,9 @@ static void cache_capture_end(struct gw_req *r, bool complete)
     r->cap_ent = NULL;
     if (complete && r->cache_capture && r->cap_len == ent->e.body.len) {
         gw_cache_blob_write(&ent->e, ent->blob, ent->size - sizeof(*ent));
-        gw_l1_insert(&w->l1, ent, gw_now_ms);
+        l1_put(w, ent, r->cfgref->cfg);
+        l2_store(w, r, ent);
         gw_stat_add(&w->stats->cache_stored_bytes, ent->e.body.len);
-        l1_gauges(w);
         cache_fill_end(r, ent);
     } else {
         cache_fill_end(r, NULL);
@@ -1779,6 +1834,13 @@ static void cache_purge(struct gw_req *r, const struct gw_route *route, const st
         gw_cache_purge_note(r->ckey_hash, gw_now_ms);
         gw_l1_remove(&c->w->l1, r->ckey_hash, gw_slice(r->ckey, r->ckey_len));
         l1_gauges(c->w);
+        if (c->w->redis_on) {
+            char key[GW_CACHE_KEY_MAX + 8];
+            const char *argv[2] = {"DEL", key};
+            size_t len[2] = {3, l2_key(r, key, sizeof(key))};
+            if (len[1] > 0)
+                gw_redis_command(&c->w->redis, on_l2_stored, NULL, 2, argv, len);
+        }
     }
     req_respond(r, 200, false);
 }
@@ -1834,12 +1896,92 @@ static bool cache_begin(struct gw_req *r, const struct gw_request *q)
     return false;
 }
 
-/* The last step of req_start for a request that waits for a fill. */
+static void cache_park_or_start(struct gw_req *r);
+
+/* The Redis answer to a lookup: a hit is served (and put in the L1, and
+ * given to the requests parked behind r); anything else goes on as a miss.
+ * A value that is not a whole, well-formed entry of this key is a miss. */
+static void on_l2_reply(void *arg, const redisReply *reply)
+{
+    struct gw_l2_wait *wt = arg;
+    struct gw_req *r = wt->r;
+    struct gw_wctx *w;
+    struct gw_l1_ent *ent;
+    const struct gw_request *q;
+    int64_t now;
+
+    if (r == NULL) {
+        free(wt); /* the request ended while Redis was asked (rare) */
+        return;
+    }
+    w = r->c->w;
+    r->l2_wait = NULL;
+    wt->next = w->free_l2_waits;
+    w->free_l2_waits = wt;
+    if (reply == NULL || reply->type != REDIS_REPLY_STRING) {
+        cache_park_or_start(r);
+        return;
+    }
+    ent = gw_l1_alloc(reply->len);
+    memcpy(ent->blob, reply->str, reply->len);
+    if (!gw_cache_blob_read(ent->blob, reply->len, &ent->e) || ent->e.key.len != r->ckey_len ||
+        memcmp(ent->e.key.ptr, r->ckey, r->ckey_len) != 0) {
+        gw_stat_add(&w->stats->cache_l2_errors, 1);
+        r->cache_result = GW_CACHE_ERROR;
+        gw_l1_release(&w->l1, ent);
+        cache_park_or_start(r);
+        return;
+    }
+    now = gw_clock_wall_ms();
+    q = req_head_again(r);
+    if (now >= ent->e.stale_until_ms || !vary_matches(ent, q)) {
+        gw_l1_release(&w->l1, ent);
+        cache_park_or_start(r);
+        return;
+    }
+    l1_put(w, ent, r->cfgref->cfg);
+    if (now < ent->e.fresh_until_ms) {
+        r->cache_result = GW_CACHE_HIT;
+        gw_timer_cancel(&w->timers, &r->deadline);
+        cache_serve(r, ent, q, "HIT");
+        cache_fill_end(r, ent);
+        gw_l1_release(&w->l1, ent);
+        return;
+    }
+    if (r->cent != NULL)
+        gw_l1_release(&w->l1, r->cent);
+    r->cent = ent; /* stale: kept for stale-if-error */
+    cache_park_or_start(r);
+}
+
+/* The last step of req_start for a cached route: ask Redis first (once),
+ * or wait for the fill of the key, or go to the upstream. */
 static void cache_park_or_start(struct gw_req *r)
 {
+    struct gw_wctx *w = r->c->w;
     struct gw_req *f;
 
-    if (r->cache_park && (f = fill_find(r->c->w, r)) != NULL) {
+    if (r->cache_use == GW_CACHE_LOOKUP + 1 && !r->cache_park && !r->l2_done && w->redis_on) {
+        char key[GW_CACHE_KEY_MAX + 8];
+        const char *argv[2] = {"GET", key};
+        size_t len[2] = {3, l2_key(r, key, sizeof(key))};
+        struct gw_l2_wait *wt = w->free_l2_waits;
+
+        r->l2_done = true;
+        if (wt != NULL)
+            w->free_l2_waits = wt->next;
+        else
+            wt = gw_xmalloc(sizeof(*wt));
+        wt->r = r;
+        if (len[1] > 0 && gw_redis_command(&w->redis, on_l2_reply, wt, 2, argv, len)) {
+            r->l2_wait = wt;
+            return;
+        }
+        wt->next = w->free_l2_waits;
+        w->free_l2_waits = wt;
+    }
+
+    if (r->cache_park && (f = fill_find(w, r)) != NULL) {
         r->cache_park = false;
         r->cache_parked = true;
         r->wait_on = f;

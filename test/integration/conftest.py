@@ -86,14 +86,19 @@ def refused_port():
 class RedisServer:
     """A redis-server process of our own; command() speaks RESP over a fresh connection."""
 
-    def __init__(self, workdir):
-        self.port = free_port()
+    def __init__(self, workdir, port=None, extra=()):
+        self.port = port or free_port()
         self.addr = "127.0.0.1:%d" % self.port
-        self.log_path = workdir / "redis.log"
-        with open(self.log_path, "wb") as log:
+        self.workdir = workdir
+        self.extra = list(extra)
+        self.password = None
+        if "--requirepass" in self.extra:
+            self.password = self.extra[self.extra.index("--requirepass") + 1]
+        self.log_path = workdir / ("redis-%d.log" % self.port)
+        with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(workdir)],
+                 "--appendonly", "no", "--dir", str(workdir)] + self.extra,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
@@ -107,15 +112,29 @@ class RedisServer:
                 raise RuntimeError("redis-server did not start: %s" % self.log_path.read_text())
             time.sleep(0.05)
 
-    def command(self, *args, timeout=5):
-        """Sends one command; returns str / int / None / list (errors raise RuntimeError)."""
-        req = b"*%d\r\n" % len(args) + b"".join(
-            b"$%d\r\n%s\r\n" % (len(a), a) for a in
-            (x if isinstance(x, bytes) else str(x).encode() for x in args))
+    def command(self, *args, timeout=5, raw=False, db=0):
+        """Sends one command (after AUTH when the server has a password); returns str / int /
+        None / list (errors raise RuntimeError); raw: bulk strings as bytes."""
+        def encode(cmd):
+            return b"*%d\r\n" % len(cmd) + b"".join(
+                b"$%d\r\n%s\r\n" % (len(a), a) for a in
+                (x if isinstance(x, bytes) else str(x).encode() for x in cmd))
+
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
-            s.sendall(req)
             f = s.makefile("rb")
-            return _resp(f)
+            if self.password is not None:
+                s.sendall(encode(("AUTH", self.password)))
+                _resp(f)
+            if db:
+                s.sendall(encode(("SELECT", db)))
+                _resp(f)
+            s.sendall(encode(args))
+            return _resp(f, raw)
+
+    def restart(self):
+        """Stops the server and starts a new one on the same port (empty)."""
+        self.stop()
+        self.__init__(self.workdir, port=self.port, extra=self.extra)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -127,7 +146,7 @@ class RedisServer:
                 self.proc.wait(5)
 
 
-def _resp(f):
+def _resp(f, raw=False):
     line = f.readline()
     if not line:
         raise OSError("redis closed the connection")
@@ -143,10 +162,10 @@ def _resp(f):
         if n < 0:
             return None
         data = f.read(n + 2)[:-2]
-        return data.decode(errors="replace")
+        return data if raw else data.decode(errors="replace")
     if kind == b"*":
         n = int(rest)
-        return None if n < 0 else [_resp(f) for _ in range(n)]
+        return None if n < 0 else [_resp(f, raw) for _ in range(n)]
     raise OSError("bad RESP reply %r" % line)
 
 

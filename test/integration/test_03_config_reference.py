@@ -20,11 +20,13 @@ SECTIONS = {
     "Rate limits": ["rate_limit"],
     "Circuit breakers": ["breaker"],
     "Response cache": ["route_cache", "cache"],
+    "Redis": ["redis"],
 }
 
 # Every optional group present and empty, so that -T prints its defaults.
 MINIMAL = """
 listen = ( { address = "127.0.0.1:1"; } );
+redis = { address = "127.0.0.1:2"; };
 upstreams = ( { name = "app"; servers = [ "127.0.0.1:2" ]; breaker = {}; } );
 routes = ( { name = "r"; upstream = "app"; rate_limit = { rate = 1.0; }; cache = {}; } );
 """

@@ -583,6 +583,65 @@ static void test_policy(void)
              "each trusted proxy must be");
 }
 
+static void test_cache_keys(void)
+{
+    struct gw_config *cfg;
+
+    cfg = load_ok(LISTEN UPSTREAM ROUTE_WITH("cache = {};"));
+    if (cfg != NULL) {
+        const struct gw_cache_conf *cc = &cfg->routes[0].cache;
+        ok(cc->enabled && cc->ttl_s == 60 && cc->max_object_bytes == 1048576, "cache defaults");
+        ok(cc->key_host && cc->key_path && cc->key_query, "key: host, path, query");
+        ok(!cc->cache_authorized && !cc->store_set_cookie && cc->stale_if_error_s == 0,
+           "no Authorization, no Set-Cookie, no stale window");
+        is(cfg->cache_l1_bytes, 64 << 20, "l1_bytes 64 MiB");
+        is(cfg->cache_l1_ttl_s, 5, "l1_ttl_s 5");
+        is(cfg->npurge_from, 2, "purge from the machine itself");
+        ok(!cfg->redis.enabled, "no redis");
+        gw_config_unref(cfg);
+    }
+    cfg = load_ok(LISTEN UPSTREAM
+                  "cache = { l1_bytes = 1000; l1_ttl_s = 2; purge_from = [ \"10.0.0.0/8\" ]; };\n"
+                  "redis = { address = \"unix:/run/redis.sock\"; password = \"pw\"; db = 2;"
+                  " timeout_ms = 50; };\n"
+                  ROUTE_WITH("cache = { ttl_s = 0; max_object_bytes = 10; key = [ \"path\" ];"
+                             " cache_authorized = true; store_set_cookie = true;"
+                             " stale_if_error_s = 30; };"));
+    if (cfg != NULL) {
+        const struct gw_cache_conf *cc = &cfg->routes[0].cache;
+        ok(cc->ttl_s == 0 && cc->max_object_bytes == 10 && !cc->key_host && cc->key_path &&
+               !cc->key_query && cc->cache_authorized && cc->store_set_cookie &&
+               cc->stale_if_error_s == 30,
+           "route cache keys");
+        ok(cfg->cache_l1_bytes == 1000 && cfg->cache_l1_ttl_s == 2 && cfg->npurge_from == 1,
+           "top-level cache keys");
+        ok(cfg->redis.enabled && cfg->redis.unix_path != NULL &&
+               strcmp(cfg->redis.unix_path, "/run/redis.sock") == 0 &&
+               strcmp(cfg->redis.password, "pw") == 0 && cfg->redis.db == 2 &&
+               cfg->redis.timeout_ms == 50,
+           "redis over a unix socket");
+        gw_config_unref(cfg);
+    }
+    cfg = load_ok(LISTEN UPSTREAM "redis = { address = \"127.0.0.1:6379\"; };\n");
+    if (cfg != NULL) {
+        ok(cfg->redis.enabled && cfg->redis.unix_path == NULL && cfg->redis.timeout_ms == 20 &&
+               strcmp(cfg->redis.addr.text, "127.0.0.1:6379") == 0,
+           "redis over TCP, timeout 20 ms");
+        gw_config_unref(cfg);
+    }
+    load_err(LISTEN UPSTREAM "routes = ( { name = \"r\"; upstream = \"app\";\n"
+             "  cache = { key = [ \"query\" ]; }; } );\n", 4, "must include \"path\"");
+    load_err(LISTEN UPSTREAM "routes = ( { name = \"r\"; upstream = \"app\";\n"
+             "  cache = { key = [ \"path\", \"cookie\" ]; }; } );\n", 4, "key parts are");
+    load_err(LISTEN UPSTREAM "routes = ( { name = \"r\"; upstream = \"app\";\n"
+             "  cache = { ttl = 5; }; } );\n", 4, "unknown key 'ttl' in cache");
+    load_err(LISTEN UPSTREAM "redis = {\n  db = 1; };\n", 3, "missing required key 'address'");
+    load_err(LISTEN UPSTREAM "redis = {\n  address = \"redis.local:6379\"; };\n", 4, "");
+    load_err(LISTEN UPSTREAM "redis = {\n  address = \"unix:run/x.sock\"; };\n", 4, "absolute");
+    load_err(LISTEN UPSTREAM "cache = {\n  purge_from = [ \"nope\" ]; };\n", 4,
+             "purge_from entry");
+}
+
 int main(void)
 {
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/gw_test_config.XXXXXX");
@@ -603,6 +662,7 @@ int main(void)
     subtest("structure", test_structure);
     subtest("include", test_include);
     subtest("policy keys", test_policy);
+    subtest("cache and redis keys", test_cache_keys);
     for (int i = 0; i < nconf; i++) {
         snprintf(conf_path, sizeof(conf_path), "%s/c%d.conf", tmpdir, i);
         unlink(conf_path);
