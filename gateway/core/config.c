@@ -25,6 +25,7 @@ struct ctx {
     const char *path; /* as given by the caller: the FILE of "FILE:LINE" */
     char *err;
     size_t errlen;
+    const struct gw_config *cfg; /* what is parsed so far (cross references) */
 };
 
 /* Allowed keys per group: the unknown-key check and the schema in one place. */
@@ -47,7 +48,8 @@ static const char *const route_keys[] = {
     "name",       "host",           "path_prefix",   "path",           "methods",
     "upstream",   "timeout_ms",     "rate_limit",    "deadline_header", "retries",
     "retry_on",   "retry_budget",   "try_timeout_ms", "retry_methods",  "cache", NULL};
-static const char *const rate_limit_keys[] = {"rate", "burst", "key", "headers", "max_keys", NULL};
+static const char *const rate_limit_keys[] = {"rate",     "burst", "key", "headers",
+                                              "max_keys", "scope", NULL};
 static const char *const cache_keys[] = {"l1_bytes", "l1_ttl_s", "purge_from", NULL};
 static const char *const redis_keys[] = {"address", "password", "db", "timeout_ms", NULL};
 static const char *const route_cache_keys[] = {"ttl_s",           "max_object_bytes",
@@ -808,6 +810,16 @@ static int parse_rate_limit(struct ctx *c, const config_setting_t *rg, struct gw
         return -1;
     if (get_u32(c, g, "max_keys", 16, 100000000, 65536, &rl->max_keys) == -1)
         return -1;
+    if (get_string(c, g, "scope", &key, &ks) == -1)
+        return -1;
+    if (key != NULL && strcmp(key, "global") == 0) {
+        if (!c->cfg->redis.enabled)
+            return fail(c, ks, "rate_limit scope \"global\" keeps its buckets in Redis: it "
+                               "needs a top-level redis block");
+        rl->global = true;
+    } else if (key != NULL && strcmp(key, "local") != 0) {
+        return fail(c, ks, "'scope' must be \"local\" or \"global\", not \"%s\"", key);
+    }
     if (get_string(c, g, "key", &key, &ks) == -1)
         return -1;
     if (key == NULL || strcmp(key, "client_ip") == 0) {
@@ -1348,6 +1360,7 @@ int gw_config_load(const char *path, struct gw_config **out, char *err, size_t e
     cfg = gw_xcalloc(1, sizeof(*cfg));
     atomic_init(&cfg->refs, 1);
     cfg->path = gw_xstrdup(path);
+    c.cfg = cfg;
     if (parse_root(&c, config_root_setting(&lc), cfg) == -1)
         goto fail;
     *out = cfg;

@@ -74,6 +74,7 @@ struct gw_rate_limit_conf {
     size_t header_len;
     unsigned max_keys; /* bounded table of per-key buckets */
     bool headers;      /* RateLimit-* headers on admitted responses too */
+    bool global;       /* scope "global": the bucket lives in Redis, shared by instances */
 };
 
 /* The response cache of a route (cache/policy.h). */

@@ -158,6 +158,7 @@ static void put_rate_limit(FILE *f, const struct gw_rate_limit_conf *rl)
     put_kstr(f, ind, "key", key);
     put_u(f, ind, "max_keys", rl->max_keys);
     put_b(f, ind, "headers", rl->headers);
+    put_kstr(f, ind, "scope", rl->global ? "global" : "local");
     fputs("      };\n", f);
 }
 

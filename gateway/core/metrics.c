@@ -501,6 +501,10 @@ void gw_metrics_render(struct gw_text *out)
     render_route_counter(out, "gateway_ratelimit_rejected_total",
                          "Requests answered 429 by the route's rate limit.",
                          offsetof(struct gw_route_stats, ratelimited));
+    render_route_counter(out, "gateway_ratelimit_fallback_total",
+                         "Requests of a global rate limit checked against the local bucket "
+                         "because Redis was unavailable.",
+                         offsetof(struct gw_route_stats, ratelimit_fallback));
     render_route_counter(out, "gateway_deadline_exceeded_total",
                          "Requests whose time budget ran out (504, or cut mid-response).",
                          offsetof(struct gw_route_stats, deadline_exceeded));

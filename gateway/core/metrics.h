@@ -71,6 +71,7 @@ struct gw_route_stats {
     _Atomic uint64_t status[600];
     _Atomic uint64_t cache[GW_CACHE_RESULT_COUNT];
     _Atomic uint64_t ratelimited;       /* answered 429 */
+    _Atomic uint64_t ratelimit_fallback; /* global limit checked locally: Redis unavailable */
     _Atomic uint64_t deadline_exceeded; /* answered 504 (or cut) for the budget */
     struct gw_hist dur;
 };

@@ -226,6 +226,8 @@ struct gw_req {
     struct gw_req *wait_on;    /* the fill this one waits for */
     struct gw_l2_wait *l2_wait; /* a Redis lookup in flight for this request */
     bool l2_done;               /* Redis was asked (or could not be) */
+    bool gl_done;               /* the global rate limit was asked (or could not be) */
+    size_t gl_head_len;         /* the head left in c->in while Redis decides */
     char ckey[GW_CACHE_KEY_MAX];
 };
 

@@ -59,6 +59,7 @@ static void cache_serve_stale(struct gw_req *r);
 static void cache_capture_start(struct gw_req *r, const struct gw_response *q);
 static void cache_capture(struct gw_req *r, const char *p, size_t n);
 static void cache_capture_end(struct gw_req *r, bool complete);
+static void req_continue(struct gw_req *r, const struct gw_request *q, size_t head_len);
 
 /* ---- client socket ops -------------------------------------------------- */
 
@@ -1420,7 +1421,96 @@ static struct gw_slice client_address(const struct gw_conn *c, const struct gw_c
 
 /* Takes a token from the route's bucket for this request. Returns false
  * after answering 429. */
-static bool rate_limit_admits(struct gw_req *r, const struct gw_request *q)
+enum rl_verdict {
+    RL_ADMIT,
+    RL_REJECT, /* answered 429 */
+    RL_PENDING, /* asked Redis (global scope) */
+};
+
+/* GCRA on Redis's clock, as the local buckets do it: ARGV[1] the emission
+ * interval in microseconds, ARGV[2] the burst. Returns {allowed,
+ * retry_after_ms, reset_ms, remaining}. */
+static const char rl_script[] =
+    "if redis.replicate_commands then redis.replicate_commands() end\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "local T = tonumber(ARGV[1])\n"
+    "local limit = tonumber(ARGV[2]) * T\n"
+    "local tat = tonumber(redis.call('GET', KEYS[1])) or now\n"
+    "if tat < now then tat = now end\n"
+    "local new = tat + T\n"
+    "if new - now > limit then\n"
+    "  return {0, math.ceil((new - now - limit) / 1000), math.ceil((tat - now) / 1000), 0}\n"
+    "end\n"
+    "redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX',"
+    " math.ceil((new - now) / 1000) + 1)\n"
+    "return {1, 0, math.ceil((new - now) / 1000), math.floor((limit - (new - now)) / T)}\n";
+
+static void rl_reject(struct gw_req *r, bool has_body, uint64_t retry_after_ms, unsigned limit,
+                      uint64_t reset_ms)
+{
+    char extra[192];
+
+    gw_stat_add(&r->c->w->stats->routes[r->route_slot]->ratelimited, 1);
+    snprintf(extra, sizeof(extra),
+             "Retry-After: %llu\r\nRateLimit-Limit: %u\r\nRateLimit-Remaining: 0\r\n"
+             "RateLimit-Reset: %llu\r\n",
+             (unsigned long long)((retry_after_ms + 999) / 1000), limit,
+             (unsigned long long)((reset_ms + 999) / 1000));
+    req_respond_extra(r, 429, has_body, extra);
+}
+
+static void on_gl_reply(void *arg, const redisReply *reply);
+
+/* Asks Redis for a global bucket's verdict; false when it cannot be asked. */
+static bool rl_ask_redis(struct gw_req *r, struct gw_slice key, char kind, size_t head_len)
+{
+    struct gw_wctx *w = r->c->w;
+    const struct gw_rate_limit_conf *rc = &r->route->rate_limit;
+    char rkey[320], interval[32], burst[16];
+    const char *argv[6];
+    size_t len[6];
+    struct gw_l2_wait *wt;
+    int n;
+
+    if (!w->redis_on || !gw_redis_up(&w->redis))
+        return false;
+    /* the bucket is the route's and the key's; long keys go by their hash */
+    if (key.len > 200) {
+        uint64_t h = gw_hash64(key.ptr, key.len, 0x726c);
+        n = snprintf(rkey, sizeof(rkey), "gwrl1:%s:%c:#%016llx", r->route->name, kind,
+                     (unsigned long long)h);
+    } else {
+        n = snprintf(rkey, sizeof(rkey), "gwrl1:%s:%c:%.*s", r->route->name, kind,
+                     (int)key.len, key.ptr);
+    }
+    if (n <= 0 || (size_t)n >= sizeof(rkey))
+        return false;
+    argv[0] = "EVAL", len[0] = 4;
+    argv[1] = rl_script, len[1] = sizeof(rl_script) - 1;
+    argv[2] = "1", len[2] = 1;
+    argv[3] = rkey, len[3] = (size_t)n;
+    argv[4] = interval, len[4] = (size_t)snprintf(interval, sizeof(interval), "%.3f",
+                                                 1e6 / rc->rate);
+    argv[5] = burst, len[5] = (size_t)snprintf(burst, sizeof(burst), "%u", rc->burst);
+    wt = w->free_l2_waits;
+    if (wt != NULL)
+        w->free_l2_waits = wt->next;
+    else
+        wt = gw_xmalloc(sizeof(*wt));
+    wt->r = r;
+    if (!gw_redis_command(&w->redis, on_gl_reply, wt, 6, argv, len)) {
+        wt->next = w->free_l2_waits;
+        w->free_l2_waits = wt;
+        return false;
+    }
+    r->l2_wait = wt;
+    r->gl_head_len = head_len;
+    return true;
+}
+
+static enum rl_verdict rate_limit_check(struct gw_req *r, const struct gw_request *q,
+                                        size_t head_len)
 {
     const struct gw_route *rt = r->route;
     const struct gw_rate_limit_conf *rc = &rt->rate_limit;
@@ -1429,10 +1519,9 @@ static bool rate_limit_admits(struct gw_req *r, const struct gw_request *q)
     struct gw_slice key = {NULL, 0};
     uint64_t hash = 0;
     bool by_header = false;
-    char extra[192];
 
     if (rt->rl == NULL)
-        return true;
+        return RL_ADMIT;
     if (rc->key == GW_RL_KEY_HEADER) {
         const struct gw_header *h = gw_http_find_header(q->headers, q->nheaders, rc->header);
         if (h != NULL && h->value.len > 0) {
@@ -1444,6 +1533,14 @@ static bool rate_limit_admits(struct gw_req *r, const struct gw_request *q)
      * leaving the header out is no way around the limit. */
     if (rc->key != GW_RL_KEY_ROUTE && key.len == 0)
         key = client_address(r->c, r->cfgref->cfg, q);
+    if (rc->global && !r->gl_done) {
+        r->gl_done = true;
+        if (rl_ask_redis(r, key, rc->key == GW_RL_KEY_ROUTE ? 'r' : by_header ? 'h' : 'a',
+                         head_len))
+            return RL_PENDING;
+        /* Redis is away: the local bucket stands in, and it is counted */
+        gw_stat_add(&w->stats->routes[r->route_slot]->ratelimit_fallback, 1);
+    }
     if (rc->key != GW_RL_KEY_ROUTE) {
         uint64_t seed = gw_policy_seed();
         /* Header values and addresses hash apart: a header holding an
@@ -1460,16 +1557,76 @@ static bool rate_limit_admits(struct gw_req *r, const struct gw_request *q)
             r->rl_remaining = res.remaining;
             r->rl_reset_ms = res.reset_ms;
         }
-        return true;
+        return RL_ADMIT;
     }
-    gw_stat_add(&w->stats->routes[r->route_slot]->ratelimited, 1);
-    snprintf(extra, sizeof(extra),
-             "Retry-After: %llu\r\nRateLimit-Limit: %u\r\nRateLimit-Remaining: 0\r\n"
-             "RateLimit-Reset: %llu\r\n",
-             (unsigned long long)((res.retry_after_ms + 999) / 1000), res.limit,
-             (unsigned long long)((res.reset_ms + 999) / 1000));
-    req_respond_extra(r, 429, (q->flags & GW_MSG_HAS_BODY) != 0, extra);
-    return false;
+    rl_reject(r, (q->flags & GW_MSG_HAS_BODY) != 0, res.retry_after_ms, res.limit, res.reset_ms);
+    return RL_REJECT;
+}
+
+static int64_t reply_int(const redisReply *a, size_t i)
+{
+    return a->element[i]->type == REDIS_REPLY_INTEGER ? (int64_t)a->element[i]->integer : -1;
+}
+
+/* Redis's verdict on a global limit. The request's head is still in c->in
+ * (nothing consumed it): parse it again and go on, or answer 429. Without
+ * a usable answer the local bucket decides. */
+static void on_gl_reply(void *arg, const redisReply *reply)
+{
+    struct gw_l2_wait *wt = arg;
+    struct gw_req *r = wt->r;
+    struct gw_conn *c;
+    struct gw_wctx *w;
+    const struct gw_request *q;
+    const struct gw_rate_limit_conf *rc;
+    size_t head_len;
+
+    if (r == NULL) {
+        free(wt); /* the request ended while Redis was asked (rare) */
+        return;
+    }
+    c = r->c;
+    w = c->w;
+    rc = &r->route->rate_limit;
+    r->l2_wait = NULL;
+    wt->next = w->free_l2_waits;
+    w->free_l2_waits = wt;
+    head_len = r->gl_head_len;
+    if (gw_http_parse_request(gw_buf_head(&c->in), c->in.len,
+                              r->cfgref->cfg->limits.max_header_bytes, &w->preq) !=
+        (int)head_len) {
+        conn_abort(c); /* the head we saw is gone: cannot happen */
+        return;
+    }
+    q = &w->preq;
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 ||
+        reply_int(reply, 0) < 0) {
+        gw_stat_add(&w->stats->routes[r->route_slot]->ratelimit_fallback, 1);
+        switch (rate_limit_check(r, q, head_len)) {
+        case RL_REJECT:
+            gw_buf_consume(&c->in, head_len);
+            return;
+        case RL_PENDING: /* not again: gl_done is set */
+        case RL_ADMIT:
+            break;
+        }
+        req_continue(r, q, head_len);
+        return;
+    }
+    if (reply_int(reply, 0) == 0) {
+        gw_buf_consume(&c->in, head_len);
+        rl_reject(r, (q->flags & GW_MSG_HAS_BODY) != 0, (uint64_t)reply_int(reply, 1), rc->burst,
+                  (uint64_t)reply_int(reply, 2));
+        return;
+    }
+    if (rc->headers) {
+        int64_t rem = reply_int(reply, 3), reset = reply_int(reply, 2);
+        r->rl_headers = true;
+        r->rl_limit = rc->burst;
+        r->rl_remaining = rem > 0 ? (uint32_t)rem : 0;
+        r->rl_reset_ms = reset > 0 ? (uint64_t)reset : 0;
+    }
+    req_continue(r, q, head_len);
 }
 
 /* ---- cache ---------------------------------------------------------------
@@ -2035,12 +2192,6 @@ static void req_start(struct gw_conn *c, size_t head_len)
     const struct gw_request *q = &w->preq;
     const struct gw_config *cfg = w->cur->cfg;
     struct gw_req *r;
-    struct gw_fwd_info fi;
-    const char *dl_name = NULL;
-    size_t dl_off = 0;
-    int64_t client_ms = -1;
-    uint64_t budget;
-    ssize_t n;
 
     gw_timer_cancel(&w->timers, &c->timer);
     r = req_new(c);
@@ -2074,10 +2225,31 @@ static void req_start(struct gw_conn *c, size_t head_len)
     }
     r->counted_active = true;
     w->reqs_active++;
-    if (!rate_limit_admits(r, q)) {
+    switch (rate_limit_check(r, q, head_len)) {
+    case RL_REJECT:
         gw_buf_consume(&c->in, head_len);
         return;
+    case RL_PENDING:
+        return; /* Redis decides; on_gl_reply goes on from the head still in c->in */
+    case RL_ADMIT:
+        break;
     }
+    req_continue(r, q, head_len);
+}
+
+/* The request past its limits: budget, cache, the upstream request head,
+ * then an attempt. */
+static void req_continue(struct gw_req *r, const struct gw_request *q, size_t head_len)
+{
+    struct gw_conn *c = r->c;
+    struct gw_wctx *w = c->w;
+    struct gw_fwd_info fi;
+    const char *dl_name = NULL;
+    size_t dl_off = 0;
+    int64_t client_ms = -1;
+    uint64_t budget;
+    ssize_t n;
+
     dl_name = deadline_header(r);
     if (dl_name != NULL) {
         const struct gw_header *h = gw_http_find_header(q->headers, q->nheaders, dl_name);
