@@ -74,6 +74,8 @@ ssize_t gw_chunked_scan(struct gw_chunked *c, const char *buf, size_t len)
             size_t n = (size_t)(e - p);
             if (c->remaining < n)
                 n = (size_t)c->remaining;
+            if (c->on_data != NULL)
+                c->on_data(c->arg, (const char *)p, n);
             p += n;
             c->remaining -= n;
             if (c->remaining == 0)

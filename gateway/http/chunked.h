@@ -14,6 +14,10 @@ struct gw_chunked {
     uint64_t remaining; /* data bytes left in the current chunk */
     unsigned line_len;  /* bytes of the current size or trailer line */
     bool done;          /* the last CRLF of the body has been consumed */
+    /* when set, called with each run of chunk data as it is scanned (a
+     * cache keeps the decoded body) */
+    void (*on_data)(void *arg, const char *p, size_t n);
+    void *arg;
 };
 
 void gw_chunked_init(struct gw_chunked *c);

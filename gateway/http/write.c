@@ -401,7 +401,7 @@ ssize_t gw_http_write_stored_head(char *out, size_t cap, const struct gw_respons
             continue;
         put_header(&o, h);
     }
-    if (resp->status != 204 && resp->status != 304) {
+    if (resp->status != 204 && resp->status != 304 && body_len != UINT64_MAX) {
         PUT_LIT(&o, "Content-Length: ");
         put_uint(&o, body_len);
         PUT_LIT(&o, "\r\n");

@@ -60,7 +60,8 @@ ssize_t gw_http_write_response_head(char *out, size_t cap, const struct gw_respo
 /* The head of a response as a cache stores it: the status line and the
  * end-to-end fields (no hop-by-hop or framing fields, no Age, X-Cache or
  * X-Request-Id, no Set-Cookie unless keep_set_cookie), then Content-Length:
- * body_len (not for 204 and 304). No blank line: gw_http_write_head_tail
+ * body_len (not for 204 and 304, nor when body_len is UINT64_MAX, for a
+ * length known only later). No blank line: gw_http_write_head_tail
  * ends it per request. Returns the length or -1. */
 ssize_t gw_http_write_stored_head(char *out, size_t cap, const struct gw_response *resp,
                                   uint64_t body_len, bool keep_set_cookie);

@@ -220,6 +220,9 @@ struct gw_req {
     struct gw_slice cent_body; /* what of it is sent (none for HEAD and 304) */
     struct gw_l1_ent *cap_ent; /* the entry being filled */
     uint64_t cap_len;          /* body bytes captured so far */
+    bool cap_chunked;          /* decoded from a chunked body into cap_data, stored at the end */
+    char *cap_data;
+    size_t cap_alloc;
     struct gw_req *fill_next;  /* chain of w->fills */
     struct gw_req *waiters;    /* parked behind this fill */
     struct gw_req *wait_next;

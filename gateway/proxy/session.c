@@ -58,6 +58,7 @@ static bool cache_stale_ok(const struct gw_req *r, int status);
 static void cache_serve_stale(struct gw_req *r);
 static void cache_capture_start(struct gw_req *r, const struct gw_response *q);
 static void cache_capture(struct gw_req *r, const char *p, size_t n);
+static void cache_capture_chunk(void *arg, const char *p, size_t n);
 static void cache_capture_end(struct gw_req *r, bool complete);
 static void req_continue(struct gw_req *r, const struct gw_request *q, size_t head_len);
 
@@ -1080,7 +1081,7 @@ static void resp_body_data(struct gw_req *r)
     }
     if (!r->resp_chunked && !r->resp_until_close)
         r->resp_left -= (uint64_t)k;
-    if (r->cache_capture && k > 0)
+    if (r->cache_capture && k > 0 && !r->cap_chunked)
         cache_capture(r, gw_buf_head(&r->up->in), (size_t)k);
     r->resp_pending = (size_t)k;
     if (r->c->flags & GW_C_SEND_BUSY)
@@ -1117,6 +1118,10 @@ static void resp_start(struct gw_req *r, size_t head_len)
                        ? (uint64_t)q->content_length
                        : 0;
     gw_chunked_init(&r->rchunk);
+    if (r->cache_capture && r->cap_chunked) {
+        r->rchunk.on_data = cache_capture_chunk;
+        r->rchunk.arg = r;
+    }
     r->up_reusable = (q->flags & GW_MSG_KEEPALIVE) && !r->resp_until_close;
     if (!(r->req_flags & GW_MSG_KEEPALIVE) || (c->flags & GW_C_PEER_EOF) || w->draining ||
         r->resp_until_close || r->req_phase != GW_REQ_DONE || q->status == 101)
@@ -1836,8 +1841,10 @@ static void cache_capture_start(struct gw_req *r, const struct gw_response *q)
     ssize_t nh;
     size_t size;
 
-    if (q->flags & GW_MSG_HAS_BODY) {
-        if ((q->flags & (GW_MSG_CHUNKED | GW_MSG_UNTIL_CLOSE)) || q->content_length < 0 ||
+    bool chunked = (q->flags & GW_MSG_HAS_BODY) && (q->flags & GW_MSG_CHUNKED);
+
+    if ((q->flags & GW_MSG_HAS_BODY) && !chunked) {
+        if ((q->flags & GW_MSG_UNTIL_CLOSE) || q->content_length < 0 ||
             (uint64_t)q->content_length > cc->max_object_bytes)
             goto no;
         body_len = (uint64_t)q->content_length;
@@ -1847,7 +1854,9 @@ static void cache_capture_start(struct gw_req *r, const struct gw_response *q)
     nv = gw_cache_vary_names(q->headers, q->nheaders, vary, sizeof(vary));
     if (nv < 0)
         goto no;
-    nh = gw_http_write_stored_head(head, sizeof(head), q, body_len, cc->store_set_cookie);
+    /* a chunked body is stored decoded, with the length it turns out to have */
+    nh = gw_http_write_stored_head(head, sizeof(head), q, chunked ? UINT64_MAX : body_len,
+                                   cc->store_set_cookie);
     if (nh < 0)
         goto no;
     memset(&e, 0, sizeof(e));
@@ -1880,6 +1889,7 @@ static void cache_capture_start(struct gw_req *r, const struct gw_response *q)
     gw_cache_blob_write(&ent->e, ent->blob, size);
     r->cap_ent = ent;
     r->cap_len = 0;
+    r->cap_chunked = chunked;
     r->cache_capture = true;
     return;
 no:
@@ -1896,6 +1906,52 @@ static void cache_capture(struct gw_req *r, const char *p, size_t n)
     }
     memcpy((char *)ent->e.body.ptr + r->cap_len, p, n);
     r->cap_len += n;
+}
+
+/* Decoded chunk data of a response being stored. */
+static void cache_capture_chunk(void *arg, const char *p, size_t n)
+{
+    struct gw_req *r = arg;
+
+    if (!r->cache_capture)
+        return;
+    if (r->cap_len + n > r->route->cache.max_object_bytes) {
+        r->cache_capture = false; /* grew past max_object_bytes: passed on, not stored */
+        return;
+    }
+    if (r->cap_len + n > r->cap_alloc) {
+        size_t want = r->cap_alloc ? r->cap_alloc : 16384;
+        while (want < r->cap_len + n)
+            want *= 2;
+        r->cap_data = gw_xrealloc(r->cap_data, want);
+        r->cap_alloc = want;
+    }
+    memcpy(r->cap_data + r->cap_len, p, n);
+    r->cap_len += n;
+}
+
+/* The entry of a decoded chunked body, now that its length is known: the
+ * head gets its Content-Length. NULL when it does not fit. */
+static struct gw_l1_ent *chunked_entry(struct gw_req *r, const struct gw_l1_ent *draft)
+{
+    struct gw_cache_entry e = draft->e;
+    struct gw_l1_ent *ent;
+    char head[8192 + 32];
+    size_t size;
+    int n;
+
+    n = snprintf(head, sizeof(head), "%.*sContent-Length: %llu\r\n", (int)e.head.len,
+                 e.head.ptr, (unsigned long long)r->cap_len);
+    if (n < 0 || (size_t)n >= sizeof(head))
+        return NULL;
+    e.head = gw_slice(head, (size_t)n);
+    e.body = gw_slice(r->cap_data, r->cap_len);
+    size = gw_cache_blob_size(e.key.len, e.vary.len, e.etag.len, e.last_modified.len,
+                              e.head.len, e.body.len);
+    ent = gw_l1_alloc(size);
+    ent->e = e;
+    gw_cache_blob_write(&ent->e, ent->blob, size);
+    return ent;
 }
 
 /* The Redis key of r's cache key: a prefix with the format version. */
@@ -1958,6 +2014,19 @@ static void cache_capture_end(struct gw_req *r, bool complete)
     if (ent == NULL)
         return;
     r->cap_ent = NULL;
+    if (complete && r->cache_capture && r->cap_chunked) {
+        struct gw_l1_ent *full = chunked_entry(r, ent);
+        gw_l1_release(&w->l1, ent);
+        ent = full;
+    }
+    free(r->cap_data);
+    r->cap_data = NULL;
+    r->cap_alloc = 0;
+    if (ent == NULL) {
+        r->cache_capture = false;
+        cache_fill_end(r, NULL);
+        return;
+    }
     if (complete && r->cache_capture && r->cap_len == ent->e.body.len) {
         gw_cache_blob_write(&ent->e, ent->blob, ent->size - sizeof(*ent));
         l1_put(w, ent, r->cfgref->cfg);

@@ -288,7 +288,7 @@ def test_purge_from_untrusted_peer(gateway_factory, upstream):
     assert gw.get(p).header("X-Cache") == "HIT"
 
 
-def test_large_and_chunked_responses_pass_unstored(gateway_factory, upstream):
+def test_large_and_chunked_responses(gateway_factory, upstream):
     gw = cached_gateway(gateway_factory, upstream, max_object_bytes=100000)
     big = path("big", "Cache-Control: max-age=60", size=300000)
     r = gw.get(big)
@@ -298,9 +298,17 @@ def test_large_and_chunked_responses_pass_unstored(gateway_factory, upstream):
     body = gw.get(fits).body
     r = gw.get(fits)
     assert r.header("X-Cache") == "HIT" and r.body == body and len(body) == 90000
-    ch = path("ch", "Cache-Control: max-age=60", chunked=1)
-    assert gw.get(ch).body == b"ch 1"
-    assert gw.get(ch).body == b"ch 2", "chunked responses are not stored in this version"
+    ch = path("ch", "Cache-Control: max-age=60", chunked=1, size=5000)
+    first = gw.get(ch)
+    assert first.header("Transfer-Encoding") == "chunked" and len(first.body) == 5000
+    r = gw.get(ch)
+    assert (r.header("X-Cache"), r.body) == ("HIT", first.body), "a chunked response is stored"
+    assert r.header("Content-Length") == "5000" and r.header("Transfer-Encoding") is None
+    chbig = path("chbig", "Cache-Control: max-age=60", chunked=1, size=150000)
+    assert len(gw.get(chbig).body) == 150000
+    r = gw.get(chbig)
+    assert r.header("X-Cache") == "MISS" and len(r.body) == 150000, \
+        "a chunked body past max_object_bytes is passed on, not stored"
 
 
 def test_l1_cap_evicts(gateway_factory, upstream):

@@ -31,7 +31,7 @@ Behaviour is chosen by path (the query string is ignored unless noted):
   /cache/NAME         for the cache tests: body "NAME N" where N counts the requests for NAME
                       (so a test tells a stored answer from a fresh one); ?h=Field:Value (URL-
                       encoded, repeatable) adds response fields, ?status=S sets the status,
-                      ?size=N pads the body to N bytes, ?chunked=1 sends it chunked,
+                      ?size=N pads the body to N bytes, ?chunked=1 sends it chunked (1000-byte chunks and a trailer),
                       ?delay=MS waits before answering
   anything else       404 "no such upstream path"
 
@@ -452,9 +452,11 @@ class Upstream:
                                  + ([] if keep else [("Connection", "close")])))
             return keep
         if chunked:
+            pieces = [body[i:i + 1000] for i in range(0, len(body), 1000)]
             c.sendall(self._head(status, hdrs + [("Transfer-Encoding", "chunked")]
                                  + ([] if keep else [("Connection", "close")]))
-                      + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+                      + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces)
+                      + b"0\r\nX-Trailer: t\r\n\r\n")
             return keep
         return self._send(c, status, body, hdrs, keep=keep)
 
