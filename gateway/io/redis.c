@@ -273,7 +273,9 @@ static void on_timeout(struct gw_timer *t)
     if (r->failures++ % 50 == 0)
         gw_log_error("redis %s: no reply within %u ms; reconnecting", r->name,
                      r->conf.timeout_ms);
-    /* every command in flight gets a NULL reply, then ev_cleanup */
+    /* every command in flight gets a NULL reply, then ev_cleanup; the
+     * callbacks must not queue more on this context */
+    r->up = false;
     redisAsyncFree(r->ac);
 }
 
@@ -376,6 +378,7 @@ void gw_redis_configure(struct gw_redis *r, const struct gw_redis_conf *conf)
         return;
     copy_conf(r, conf);
     r->backoff_ms = BACKOFF_MIN_MS;
+    r->up = false;
     if (r->ac != NULL)
         redisAsyncFree(r->ac); /* cleanup schedules the new connect */
     else if (conf->enabled && !gw_timer_armed(&r->retry_timer))

@@ -212,3 +212,24 @@ def test_pipelining_under_load(gateway_factory, upstream, redis_server):
         time.sleep(0.05)
     # one GET per miss and one SET per stored answer, fewer writes than commands
     assert total == 1200 and 0 < count < total, (count, total)
+
+
+def test_reload_moves_to_another_redis(gateway_factory, upstream, redis_server, tmp_path):
+    second = RedisServer(tmp_path)
+    try:
+        gw = redis_gateway(gateway_factory, upstream, redis_server, workers=2)
+        assert wait_up(gw)
+        gw.reload(lambda s: s["redis"].update(address=second.addr))
+        assert wait_up(gw)
+        gw.get(path("mv", "Cache-Control: max-age=60"))
+        assert len(wait_keys(second)) == 1
+        assert redis_server.command("KEYS", "gwc1:*") == []
+        # and a reload without the block closes the connections
+        gw.reload(lambda s: s.pop("redis"))
+        deadline = time.monotonic() + 5
+        while gw.metrics().find("gateway_redis_up") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not gw.metrics().find("gateway_redis_up")
+        assert gw.get(path("mv2")).status == 200
+    finally:
+        second.stop()
