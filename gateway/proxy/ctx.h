@@ -27,6 +27,11 @@
 #ifndef GW_SPLICE_MIN_UP_BYTES
 #define GW_SPLICE_MIN_UP_BYTES GW_SPLICE_MIN_BYTES
 #endif
+/* Response bodies (upstream -> client) with at least this much left go by
+ * splice. */
+#ifndef GW_SPLICE_MIN_DOWN_BYTES
+#define GW_SPLICE_MIN_DOWN_BYTES GW_SPLICE_MIN_BYTES
+#endif
 /* Response bytes read per upstream recv in copy mode. */
 #define GW_UP_BUF_BODY (32 * 1024)
 #define GW_CACHE_KEY_MAX 1024 /* longer keys bypass the cache */

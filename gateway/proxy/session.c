@@ -1033,7 +1033,7 @@ static void on_resp_sent(struct gw_conn *c)
         return;
     }
     if (!r->resp_chunked && !r->resp_until_close && u->in.len == 0 && !r->cache_capture &&
-        r->resp_left >= GW_SPLICE_MIN_BYTES) {
+        r->resp_left >= GW_SPLICE_MIN_DOWN_BYTES) {
         if (gw_pump_start(&r->pump_up, c->w, u->fd, c->fd, r->resp_left, on_pump_up_done) ==
             0) {
             r->pump_up_on = true;
