@@ -8,11 +8,11 @@
 #   2. build      build-asan/: debug build with ASan + UBSan
 #   3. unit       meson test -C build-asan (one result per test program)
 #   4. integration  pytest test/integration against build-asan/gateway/gateway
-#   5. fuzz       build-fuzz/test/fuzz_parse for FUZZ_SECONDS (30) seconds;
-#                 only when clang with its libFuzzer runtime is installed
+#   5. fuzz       build-fuzz/test/fuzz_parse and fuzz_cache, FUZZ_SECONDS (30) in
+#                 all; only when clang with its libFuzzer runtime is installed
 #   6. release    build-release/: the gateway as run.sh and the Dockerfile build it
 # The last line is "N passed, N failed": unit test programs, pytest tests,
-# the fuzz run and the release build as one test each, and one failure for
+# each fuzz target's run and the release build as one test each, and one failure for
 # an ASan build that did not finish.
 # Exits 1 if anything failed or if no test ran at all.
 #
@@ -185,7 +185,7 @@ fi
 count integration "$p" "$f" "$s" "$note"
 
 # -------------------------------------------------------------------- fuzz
-banner "fuzz: build-fuzz/test/fuzz_parse, ${fuzz_seconds} s"
+banner "fuzz: build-fuzz/test/fuzz_parse and fuzz_cache, ${fuzz_seconds} s in all"
 # The libFuzzer runtime comes with libclang-rt-dev, which clang only
 # recommends: check that clang can link a fuzzer before counting on it.
 if ! command -v clang >/dev/null 2>&1; then
@@ -201,22 +201,30 @@ else
     # memory accesses. Only the fuzz target is built here.
     if CC=clang CFLAGS=-fsanitize=fuzzer-no-link \
         setup_dir build-fuzz -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false &&
-        ninja -C build-fuzz test/fuzz_parse; then
+        ninja -C build-fuzz test/fuzz_parse test/fuzz_cache; then
         # New inputs go to a scratch corpus; test/fuzz/corpus (if any) only
-        # seeds it, so the source tree is never written to. Crash inputs land
-        # in build-fuzz/.
-        mkdir -p "$tmp/corpus"
-        seeds=()
-        [ -d test/fuzz/corpus ] && seeds=(test/fuzz/corpus)
-        if build-fuzz/test/fuzz_parse -max_total_time="$fuzz_seconds" -timeout=10 \
-            -artifact_prefix=build-fuzz/ -verbosity=0 -print_final_stats=1 "$tmp/corpus" \
-            "${seeds[@]+"${seeds[@]}"}"; then
-            count fuzz 1 0 0
-        else
-            count fuzz 0 1 0 "fuzz_parse failed; its input is in build-fuzz/ (crash-*, leak-*, timeout-*)"
-        fi
+        # seeds the parser's run, so the source tree is never written to.
+        # Crash inputs land in build-fuzz/. The parser gets two thirds of the
+        # time, the cache's readers (Redis values, cache fields) the rest.
+        for target in fuzz_parse fuzz_cache; do
+            mkdir -p "$tmp/corpus-$target"
+            seeds=()
+            secs=$((fuzz_seconds / 3))
+            if [ "$target" = fuzz_parse ]; then
+                secs=$((fuzz_seconds - fuzz_seconds / 3))
+                [ -d test/fuzz/corpus ] && seeds=(test/fuzz/corpus)
+            fi
+            [ "$secs" -ge 1 ] || secs=1
+            if build-fuzz/test/$target -max_total_time="$secs" -timeout=10 \
+                -artifact_prefix=build-fuzz/ -verbosity=0 -print_final_stats=1 \
+                "$tmp/corpus-$target" "${seeds[@]+"${seeds[@]}"}"; then
+                count fuzz 1 0 0
+            else
+                count fuzz 0 1 0 "$target failed; its input is in build-fuzz/ (crash-*, leak-*, timeout-*)"
+            fi
+        done
     else
-        count fuzz 0 1 0 "building build-fuzz/test/fuzz_parse failed"
+        count fuzz 0 1 0 "building build-fuzz/test/fuzz_parse and fuzz_cache failed"
     fi
 fi
 

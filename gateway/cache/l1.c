@@ -39,22 +39,30 @@ void gw_l1_init(struct gw_l1 *l, size_t cap_bytes)
     l->tab = gw_xcalloc(buckets, sizeof(*l->tab));
     l->mask = buckets - 1;
     l->cap = cap_bytes;
-    l->lru.lprev = l->lru.lnext = &l->lru;
 }
 
-static void lru_unlink(struct gw_l1_ent *e)
+static void lru_unlink(struct gw_l1 *l, struct gw_l1_ent *e)
 {
-    e->lprev->lnext = e->lnext;
-    e->lnext->lprev = e->lprev;
+    if (e->lprev != NULL)
+        e->lprev->lnext = e->lnext;
+    else
+        l->lru_head = e->lnext;
+    if (e->lnext != NULL)
+        e->lnext->lprev = e->lprev;
+    else
+        l->lru_tail = e->lprev;
     e->lprev = e->lnext = NULL;
 }
 
 static void lru_push(struct gw_l1 *l, struct gw_l1_ent *e)
 {
-    e->lnext = l->lru.lnext;
-    e->lprev = &l->lru;
-    l->lru.lnext->lprev = e;
-    l->lru.lnext = e;
+    e->lprev = NULL;
+    e->lnext = l->lru_head;
+    if (l->lru_head != NULL)
+        l->lru_head->lprev = e;
+    else
+        l->lru_tail = e;
+    l->lru_head = e;
 }
 
 /* Takes e out of the table and the list and drops the table's reference. */
@@ -66,7 +74,7 @@ static void unlink_ent(struct gw_l1 *l, struct gw_l1_ent *e)
         pp = &(*pp)->hnext;
     *pp = e->hnext;
     e->hnext = NULL;
-    lru_unlink(e);
+    lru_unlink(l, e);
     e->linked = false;
     l->bytes -= e->size;
     l->count--;
@@ -75,8 +83,8 @@ static void unlink_ent(struct gw_l1 *l, struct gw_l1_ent *e)
 
 void gw_l1_free(struct gw_l1 *l)
 {
-    while (l->lru.lnext != &l->lru)
-        unlink_ent(l, l->lru.lnext);
+    while (l->lru_head != NULL)
+        unlink_ent(l, l->lru_head);
     free(l->tab);
     l->tab = NULL;
 }
@@ -103,7 +111,7 @@ struct gw_l1_ent *gw_l1_get(struct gw_l1 *l, uint64_t hash, struct gw_slice key,
         unlink_ent(l, e);
         return NULL;
     }
-    lru_unlink(e);
+    lru_unlink(l, e);
     lru_push(l, e);
     e->refs++;
     return e;
@@ -128,8 +136,8 @@ void gw_l1_insert(struct gw_l1 *l, struct gw_l1_ent *ent, uint64_t mono_ms)
     old = find(l, ent->e.key_hash, ent->e.key);
     if (old != NULL)
         unlink_ent(l, old);
-    while (l->bytes + ent->size > l->cap && l->lru.lprev != &l->lru) {
-        unlink_ent(l, l->lru.lprev);
+    while (l->bytes + ent->size > l->cap && l->lru_tail != NULL) {
+        unlink_ent(l, l->lru_tail);
         l->evictions++;
     }
     ent->stored_mono_ms = mono_ms;

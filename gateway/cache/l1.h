@@ -29,7 +29,7 @@ struct gw_l1_ent {
 struct gw_l1 {
     struct gw_l1_ent **tab;
     size_t mask;
-    struct gw_l1_ent lru; /* sentinel */
+    struct gw_l1_ent *lru_head, *lru_tail; /* most and least recently used */
     size_t bytes, cap, count;
     uint64_t evictions;
 };
