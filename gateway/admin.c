@@ -249,7 +249,15 @@ static void config_json(struct gw_text *t)
         gw_text_printf(t, "%s", i ? "," : "");
         json_str(t, cfg->listens[i].addr.text);
     }
-    gw_text_printf(t, "],\"routes\":[");
+    gw_text_printf(t, "],\"redis\":");
+    if (cfg->redis.enabled) {
+        gw_text_printf(t, "{\"address\":");
+        json_str(t, cfg->redis.unix_path ? cfg->redis.unix_path : cfg->redis.addr.text);
+        gw_text_printf(t, ",\"up\":%s}", gw_metrics_redis_up() == 1 ? "true" : "false");
+    } else {
+        gw_text_printf(t, "null");
+    }
+    gw_text_printf(t, ",\"routes\":[");
     for (size_t i = 0; i < cfg->nroutes; i++) {
         const struct gw_route *r = &cfg->routes[i];
         gw_text_printf(t, "%s{\"name\":", i ? "," : "");
@@ -279,8 +287,16 @@ static void config_json(struct gw_text *t)
         gw_text_printf(t, ",\"timeout_ms\":%u,\"retries\":%u,\"rate_limit\":", r->timeout_ms,
                        r->retries);
         if (r->rate_limit.enabled)
-            gw_text_printf(t, "{\"rate\":%g,\"burst\":%u,\"key\":\"%s\"}", r->rate_limit.rate,
-                           r->rate_limit.burst, keys[r->rate_limit.key]);
+            gw_text_printf(t, "{\"rate\":%g,\"burst\":%u,\"key\":\"%s\",\"scope\":\"%s\"}",
+                           r->rate_limit.rate, r->rate_limit.burst, keys[r->rate_limit.key],
+                           r->rate_limit.global ? "global" : "local");
+        else
+            gw_text_printf(t, "null");
+        gw_text_printf(t, ",\"cache\":");
+        if (r->cache.enabled)
+            gw_text_printf(t, "{\"ttl_s\":%u,\"max_object_bytes\":%llu,\"stale_if_error_s\":%u}",
+                           r->cache.ttl_s, (unsigned long long)r->cache.max_object_bytes,
+                           r->cache.stale_if_error_s);
         else
             gw_text_printf(t, "null");
         gw_text_printf(t, "}");

@@ -105,6 +105,10 @@ size_t gw_log_access_format(char *out, size_t cap, const struct gw_access_rec *r
     if ((p = PUT_LIT(p, end, ",\"request_id\":")) == NULL ||
         (p = put_str(p, end, r->request_id, 128)) == NULL)
         return 0;
+    if (r->cache != NULL &&
+        ((p = PUT_LIT(p, end, ",\"cache\":")) == NULL ||
+         (p = put_str(p, end, gw_slice(r->cache, strlen(r->cache)), 16)) == NULL))
+        return 0;
     if ((p = PUT_LIT(p, end, "}\n")) == NULL)
         return 0;
     return (size_t)(p - out);

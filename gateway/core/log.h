@@ -22,6 +22,7 @@ struct gw_access_rec {
     struct gw_slice upstream; /* server address, empty if none */
     struct gw_slice route;    /* empty if none */
     struct gw_slice request_id;
+    const char *cache; /* hit, miss, bypass, stale, error; NULL: the route has no cache */
 };
 
 /* Formats one JSON line ending in '\n' into out. Strings are escaped and

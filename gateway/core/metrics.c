@@ -425,6 +425,15 @@ void gw_metrics_redis_depth(struct gw_worker_stats *ws, unsigned n)
     gw_stat_add(&ws->redis_writes, 1);
 }
 
+int gw_metrics_redis_up(void)
+{
+    uint64_t configured = SUM_WORKERS((uint64_t)atomic_load_explicit(&ws->redis_configured,
+                                                                     memory_order_relaxed));
+    uint64_t up = SUM_WORKERS((uint64_t)atomic_load_explicit(&ws->redis_up,
+                                                             memory_order_relaxed));
+    return configured == 0 ? -1 : up == configured;
+}
+
 static void render_redis(struct gw_text *out)
 {
     uint64_t configured = SUM_WORKERS((uint64_t)atomic_load_explicit(&ws->redis_configured,

@@ -51,6 +51,10 @@ struct gw_hist {
 
 void gw_hist_add(struct gw_hist *h, uint64_t us);
 
+/* Main thread: 1 when every worker is connected to Redis, 0 when one is
+ * not, -1 when none has a Redis to keep. */
+int gw_metrics_redis_up(void);
+
 struct gw_worker_stats;
 /* Records one Redis write of n commands (gateway_redis_pipeline_depth). */
 void gw_metrics_redis_depth(struct gw_worker_stats *ws, unsigned n);

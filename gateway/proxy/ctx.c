@@ -189,6 +189,12 @@ void gw_log_access(struct gw_wctx *w, const struct gw_req *r)
                              : gw_slice("", 0);
     rec.route = r->route ? gw_slice(r->route->name, strlen(r->route->name)) : gw_slice("", 0);
     rec.request_id = gw_slice(r->rid, r->rid_len);
+    rec.cache = NULL;
+    if (r->cache_use != 0) {
+        static const char *const names[GW_CACHE_RESULT_COUNT] = {"hit", "miss", "bypass",
+                                                                 "stale", "error"};
+        rec.cache = names[r->cache_result];
+    }
     n = gw_log_access_format(w->log_buf[b] + w->log_len[b], LOG_BUF_BYTES - w->log_len[b], &rec);
     if (n == 0)
         gw_stat_add(&w->stats->log_dropped, 1);

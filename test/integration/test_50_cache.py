@@ -42,6 +42,8 @@ def test_hit_after_miss(gateway_factory, upstream):
     assert m.value("gateway_cache_requests_total", route="default", result="miss") == 1
     assert m.value("gateway_cache_bytes_stored_total") == 3
     assert m.value("gateway_cache_l1_entries") == 1
+    log = gw.wait_access_log(2)
+    assert [(e["cache"], e["upstream"] != "") for e in log[:2]] == [("miss", True), ("hit", False)]
 
 
 def test_default_ttl_and_query_in_key(gateway_factory, upstream):
@@ -329,6 +331,7 @@ def test_l1_cap_evicts(gateway_factory, upstream):
 def test_route_without_cache_is_untouched(gateway):
     r = gateway.get("/cache/plain?h=Cache-Control:+max-age%3D60")
     assert r.header("X-Cache") is None
+    assert "cache" not in gateway.wait_access_log(1)[0]
     assert gateway.get("/cache/plain?h=Cache-Control:+max-age%3D60").body == b"plain 2"
 
 

@@ -68,6 +68,9 @@ def test_two_gateways_share_entries(gateway_factory, upstream, redis_server):
     assert upstream.cache_count("sh") == 1
     m = b.metrics()
     assert m.value("gateway_cache_requests_total", route="default", result="hit") == 1
+    cfg = b.admin("/config").json()
+    assert cfg["redis"] == {"address": redis_server.addr, "up": True}
+    assert cfg["routes"][0]["cache"]["ttl_s"] == 60
     assert m.value("gateway_redis_pipeline_depth_count") >= 1
 
 

@@ -279,7 +279,8 @@ def test_config_endpoint(gateway_factory, upstream, refused_port):
     assert doc["loaded_at"] > 1.7e9 and doc["last_reload_success"] is True
     routes = {x["name"]: x for x in doc["routes"]}
     assert routes["api"]["path_prefix"] == "/api/" and routes["api"]["methods"] == ["GET"]
-    assert routes["api"]["rate_limit"] == {"rate": 5, "burst": 10, "key": "route"}
+    assert routes["api"]["rate_limit"] == {"rate": 5, "burst": 10, "key": "route",
+                                            "scope": "local"}
     assert routes["default"]["methods"] is None and routes["default"]["host"] == "*"
     ups = {x["name"]: x for x in doc["upstreams"]}
     assert ups["down"]["breaker"] is True
