@@ -351,6 +351,10 @@ ssize_t gw_http_write_response_head(char *out, size_t cap, const struct gw_respo
                 break;
             continue;
         case F_FRAMING:
+            /* an HTTP/1.0 client gets a chunked body decoded (the
+             * session does it) and delimited by the close */
+            if (client_minor == 0 && ieq(h->name, GW_SLICE_LIT("transfer-encoding")))
+                continue;
             break;
         default:
             if (listed(&s, h->name))

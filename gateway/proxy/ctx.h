@@ -202,6 +202,8 @@ struct gw_req {
     uint64_t resp_left;
     struct gw_chunked rchunk;
     size_t resp_pending; /* bytes of up->in being sent to the client */
+    size_t resp_send_len; /* of those, what goes out (fewer when de-chunking) */
+    bool resp_dechunk;    /* chunked response, HTTP/1.0 client: send it decoded */
 
     struct gw_timer deadline;
     struct gw_op defer_op;

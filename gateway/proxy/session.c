@@ -59,6 +59,7 @@ static void cache_serve_stale(struct gw_req *r);
 static void cache_capture_start(struct gw_req *r, const struct gw_response *q);
 static void cache_capture(struct gw_req *r, const char *p, size_t n);
 static void cache_capture_chunk(void *arg, const char *p, size_t n);
+static void resp_chunk_data(void *arg, const char *p, size_t n);
 static void cache_capture_end(struct gw_req *r, bool complete);
 static void req_continue(struct gw_req *r, const struct gw_request *q, size_t head_len);
 
@@ -1056,9 +1057,11 @@ static void resp_send(struct gw_conn *c)
         r->resp_head_sent = true;
         c->out.len = 0;
     }
-    if (r->resp_pending > 0) {
+    /* resp_pending bytes of up->in are done with once this send is; of
+     * them resp_send_len go to the client (fewer when de-chunking) */
+    if (r->resp_send_len > 0) {
         c->iov[n].iov_base = gw_buf_head(in);
-        c->iov[n++].iov_len = r->resp_pending;
+        c->iov[n++].iov_len = r->resp_send_len;
     }
     if (n == 0) {
         on_resp_sent(c);
@@ -1067,13 +1070,32 @@ static void resp_send(struct gw_conn *c)
     c_send(c, n, on_resp_sent);
 }
 
+/* Chunk data as the response scanner passes it: kept for the cache, and
+ * for an HTTP/1.0 client moved down over the framing, so that what is
+ * sent is the decoded body. */
+static void resp_chunk_data(void *arg, const char *p, size_t n)
+{
+    struct gw_req *r = arg;
+
+    if (r->cache_capture && r->cap_chunked)
+        cache_capture_chunk(r, p, n);
+    if (r->resp_dechunk) {
+        char *to = gw_buf_head(&r->up->in) + r->resp_send_len;
+        if (to != p)
+            memmove(to, p, n);
+        r->resp_send_len += n;
+    }
+}
+
 static void tunnel_start_sent(struct gw_conn *c);
 
 /* Relays body bytes that just arrived from the upstream. */
 static void resp_body_data(struct gw_req *r)
 {
-    ssize_t k = resp_take(r);
+    ssize_t k;
 
+    r->resp_send_len = 0; /* resp_chunk_data counts what a de-chunked scan keeps */
+    k = resp_take(r);
     if (k < 0) {
         gw_stat_add(&server_stats(r)->outcome[GW_OUTCOME_BAD_RESPONSE], 1);
         conn_abort(r->c);
@@ -1084,6 +1106,8 @@ static void resp_body_data(struct gw_req *r)
     if (r->cache_capture && k > 0 && !r->cap_chunked)
         cache_capture(r, gw_buf_head(&r->up->in), (size_t)k);
     r->resp_pending = (size_t)k;
+    if (!r->resp_dechunk)
+        r->resp_send_len = (size_t)k;
     if (r->c->flags & GW_C_SEND_BUSY)
         r->c->deferred = resp_send;
     else
@@ -1118,13 +1142,17 @@ static void resp_start(struct gw_req *r, size_t head_len)
                        ? (uint64_t)q->content_length
                        : 0;
     gw_chunked_init(&r->rchunk);
-    if (r->cache_capture && r->cap_chunked) {
-        r->rchunk.on_data = cache_capture_chunk;
+    /* An HTTP/1.0 client knows no chunked coding: it gets the decoded body,
+     * ended by the close (gw_http_write_response_head drops the field). */
+    r->resp_dechunk = r->resp_chunked && r->client_minor == 0;
+    if ((r->cache_capture && r->cap_chunked) || r->resp_dechunk) {
+        r->rchunk.on_data = resp_chunk_data;
         r->rchunk.arg = r;
     }
     r->up_reusable = (q->flags & GW_MSG_KEEPALIVE) && !r->resp_until_close;
     if (!(r->req_flags & GW_MSG_KEEPALIVE) || (c->flags & GW_C_PEER_EOF) || w->draining ||
-        r->resp_until_close || r->req_phase != GW_REQ_DONE || q->status == 101)
+        r->resp_until_close || r->req_phase != GW_REQ_DONE || q->status == 101 ||
+        r->resp_dechunk)
         r->client_close = true;
 
     gw_bufpool_get(&w->out_pool, &c->out);
@@ -1179,7 +1207,7 @@ static void resp_start(struct gw_req *r, size_t head_len)
         return;
     }
     if (!(q->flags & GW_MSG_HAS_BODY)) {
-        r->resp_pending = 0;
+        r->resp_pending = r->resp_send_len = 0;
         r->resp_left = 0;
         if (c->flags & GW_C_SEND_BUSY)
             c->deferred = resp_send;

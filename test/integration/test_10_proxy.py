@@ -7,6 +7,8 @@ import json
 import random
 import threading
 
+import pytest
+
 from gwtest import route_block, upstream_block
 from rawhttp import chunked_body, connection_tokens, header_values, request_bytes
 from upstream import pattern, sha256
@@ -337,6 +339,29 @@ def test_http10_client(gateway, upstream):
         r = c.read_response()
         assert r.status == 200 and r.body == b"ok"
         assert c.wait_closed(5)
+
+
+@pytest.mark.parametrize("conn", ["", "Connection: keep-alive\r\n"])
+def test_http10_client_gets_chunked_body_decoded(gateway, conn):
+    """HTTP/1.0 has no chunked coding: a chunked upstream response reaches a 1.0 client
+    decoded, without Transfer-Encoding, and ended by the close."""
+    import socket as _s
+    s = _s.create_connection(("127.0.0.1", gateway.port), timeout=10)
+    s.sendall(("GET /chunked/100000 HTTP/1.0\r\n%s\r\n" % conn).encode())
+    data = b""
+    while True:
+        got = s.recv(65536)
+        if not got:
+            break
+        data += got
+    s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0].split()[1] == "200"
+    names = [x.split(":", 1)[0].lower() for x in lines[1:]]
+    assert "transfer-encoding" not in names and "content-length" not in names
+    assert "connection: close" in [x.lower() for x in lines[1:]]
+    assert body == pattern(100000)
 
 
 def test_route_selection(gateway_factory, upstream_factory):
