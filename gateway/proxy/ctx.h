@@ -211,6 +211,8 @@ struct gw_req {
     struct gw_pump pump_up;   /* upstream -> client */
     struct gw_pump pump_down; /* client -> upstream */
     unsigned tunnel_open;     /* tunnel directions still running */
+    struct gw_timer tunnel_timer; /* idle check of a tunnel */
+    uint64_t tunnel_seen;         /* bytes it had moved at the last check */
     struct gw_req *next_free;
 
     /* response cache (session.c, "cache") */

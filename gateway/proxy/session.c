@@ -62,6 +62,7 @@ static void cache_capture_chunk(void *arg, const char *p, size_t n);
 static void resp_chunk_data(void *arg, const char *p, size_t n);
 static void cache_capture_end(struct gw_req *r, bool complete);
 static void req_continue(struct gw_req *r, const struct gw_request *q, size_t head_len);
+static void on_tunnel_idle(struct gw_timer *t);
 
 /* ---- client socket ops -------------------------------------------------- */
 
@@ -510,6 +511,7 @@ static struct gw_req *req_new(struct gw_conn *c)
     gw_timer_init(&r->deadline, on_deadline);
     gw_timer_init(&r->retry_timer, on_retry_timer);
     gw_timer_init(&r->try_timer, on_try_timeout);
+    gw_timer_init(&r->tunnel_timer, on_tunnel_idle);
     c->req = r;
     return r;
 }
@@ -569,6 +571,7 @@ static void req_finish(struct gw_req *r)
     }
     gw_timer_cancel(&w->timers, &r->deadline);
     gw_timer_cancel(&w->timers, &r->retry_timer);
+    gw_timer_cancel(&w->timers, &r->tunnel_timer);
     cache_end(r);
     attempt_cancel(r);
     req_drop_up(r, r->up_reusable && r->req_phase == GW_REQ_DONE &&
@@ -1324,6 +1327,24 @@ static void on_tunnel_down_done(struct gw_pump *p, int err)
     tunnel_pump_done(container_of(p, struct gw_req, pump_down), true, err);
 }
 
+/* A tunnel that moved no byte either way for idle_timeout_ms is closed,
+ * as an idle keep-alive connection is. */
+static void on_tunnel_idle(struct gw_timer *t)
+{
+    struct gw_req *r = container_of(t, struct gw_req, tunnel_timer);
+    uint64_t moved = r->pump_up.moved + r->pump_down.moved;
+
+    if (r->tunnel_open == 0 || r->aborting)
+        return;
+    if (moved != r->tunnel_seen) {
+        r->tunnel_seen = moved;
+        gw_timer_set(&r->c->w->timers, &r->tunnel_timer,
+                     gw_now_ms + r->c->w->cur->cfg->limits.idle_timeout_ms);
+        return;
+    }
+    conn_abort(r->c);
+}
+
 static void tunnel_continue(struct gw_req *r)
 {
     struct gw_conn *c = r->c;
@@ -1364,6 +1385,9 @@ static void tunnel_continue(struct gw_req *r)
     }
     r->pump_down_on = true;
     r->tunnel_open = 2;
+    r->tunnel_seen = 0;
+    gw_timer_set(&c->w->timers, &r->tunnel_timer,
+                 gw_now_ms + c->w->cur->cfg->limits.idle_timeout_ms);
 }
 
 static void tunnel_start_sent(struct gw_conn *c)

@@ -332,6 +332,27 @@ def test_websocket_upgrade(gateway, upstream):
     assert "upgrade" in connection_tokens(req.headers)
 
 
+def test_websocket_idle_tunnel_is_closed(gateway_factory, upstream):
+    """A tunnel that moves nothing either way for idle_timeout_ms is closed; one in use is not."""
+    import time as _t
+    gw = gateway_factory(upstreams=[upstream_block("app", upstream.addr)],
+                         limits={"idle_timeout_ms": 600})
+    hdrs = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")]
+    with gw.raw(timeout=10) as busy, gw.raw(timeout=10) as idle:
+        for c in (busy, idle):
+            c.send(request_bytes("GET", "/ws", hdrs))
+            assert c.read_response().status == 101
+        t0 = _t.monotonic()
+        while _t.monotonic() - t0 < 1.8:
+            busy.send(b"ping")
+            assert busy.recv_exact(4) == b"ping"
+            _t.sleep(0.2)
+        assert idle.wait_closed(3), "an idle tunnel stayed open"
+        busy.send(b"still")
+        assert busy.recv_exact(5) == b"still", "a busy tunnel was closed"
+
+
 def test_http10_client(gateway, upstream):
     """An HTTP/1.0 request without Host is proxied, and the connection closes after it."""
     with gateway.raw() as c:
