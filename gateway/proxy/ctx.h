@@ -298,6 +298,8 @@ struct gw_wctx {
     struct gw_req *fills[GW_FILL_BUCKETS];   /* requests filling a cache key */
     struct gw_redis redis;                   /* the shared cache level, when configured */
     bool redis_on;
+    char rl_sha[41];                         /* the rate-limit script, as Redis knows it */
+    bool rl_sha_ok, rl_sha_loading;
     struct gw_l2_wait *free_l2_waits;
     unsigned nconns, max_conns;
     unsigned reqs_active;    /* requests past routing, for the retry budget */

@@ -1519,6 +1519,18 @@ static void rl_reject(struct gw_req *r, bool has_body, uint64_t retry_after_ms, 
 
 static void on_gl_reply(void *arg, const redisReply *reply);
 
+static void on_sha_loaded(void *arg, const redisReply *reply)
+{
+    struct gw_wctx *w = arg;
+
+    w->rl_sha_loading = false;
+    if (reply != NULL && reply->type == REDIS_REPLY_STRING && reply->len == 40) {
+        memcpy(w->rl_sha, reply->str, 40);
+        w->rl_sha[40] = '\0';
+        w->rl_sha_ok = true;
+    }
+}
+
 /* Asks Redis for a global bucket's verdict; false when it cannot be asked. */
 static bool rl_ask_redis(struct gw_req *r, struct gw_slice key, char kind, size_t head_len)
 {
@@ -1543,8 +1555,20 @@ static bool rl_ask_redis(struct gw_req *r, struct gw_slice key, char kind, size_
     }
     if (n <= 0 || (size_t)n >= sizeof(rkey))
         return false;
-    argv[0] = "EVAL", len[0] = 4;
-    argv[1] = rl_script, len[1] = sizeof(rl_script) - 1;
+    /* EVALSHA once Redis has told us the script's SHA1; until then (and
+     * after a NOSCRIPT) the script itself, and SCRIPT LOAD beside it */
+    if (w->rl_sha_ok) {
+        argv[0] = "EVALSHA", len[0] = 7;
+        argv[1] = w->rl_sha, len[1] = 40;
+    } else {
+        argv[0] = "EVAL", len[0] = 4;
+        argv[1] = rl_script, len[1] = sizeof(rl_script) - 1;
+        if (!w->rl_sha_loading) {
+            const char *lv[3] = {"SCRIPT", "LOAD", rl_script};
+            size_t ll[3] = {6, 4, sizeof(rl_script) - 1};
+            w->rl_sha_loading = gw_redis_command(&w->redis, on_sha_loaded, w, 3, lv, ll);
+        }
+    }
     argv[2] = "1", len[2] = 1;
     argv[3] = rkey, len[3] = (size_t)n;
     argv[4] = interval, len[4] = (size_t)snprintf(interval, sizeof(interval), "%.3f",
@@ -1656,6 +1680,23 @@ static void on_gl_reply(void *arg, const redisReply *reply)
         return;
     }
     q = &w->preq;
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR &&
+        strncmp(reply->str, "NOSCRIPT", 8) == 0 && w->rl_sha_ok) {
+        /* Redis lost the script (restart, SCRIPT FLUSH): ask again with it */
+        w->rl_sha_ok = false;
+        r->gl_done = false;
+        switch (rate_limit_check(r, q, head_len)) {
+        case RL_REJECT:
+            gw_buf_consume(&c->in, head_len);
+            return;
+        case RL_PENDING:
+            return;
+        case RL_ADMIT:
+            break;
+        }
+        req_continue(r, q, head_len);
+        return;
+    }
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 ||
         reply_int(reply, 0) < 0) {
         gw_stat_add(&w->stats->routes[r->route_slot]->ratelimit_fallback, 1);

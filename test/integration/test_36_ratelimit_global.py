@@ -46,6 +46,29 @@ def test_two_gateways_share_one_limit(gateway_factory, upstream, redis_server):
     assert m.value("gateway_ratelimit_fallback_total", route="default") == 0
 
 
+def calls(redis, cmd):
+    """How often Redis ran cmd (INFO commandstats)."""
+    for line in redis.command("INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_%s:" % cmd):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+def test_script_lost_by_redis(gateway_factory, upstream, redis_server):
+    """After the first check the gateway sends EVALSHA; when Redis no longer has the script
+    (SCRIPT FLUSH, a restart) the check is made again with the script, not dropped."""
+    a = limited_gateway(gateway_factory, upstream, redis_server, "a", rate=1.0, burst=3)
+    assert wait_up(a)
+    assert [a.get("/ok").status for _ in range(3)] == [200, 200, 200]
+    assert calls(redis_server, "evalsha") >= 1, "still sending the script every time"
+    redis_server.command("SCRIPT", "FLUSH")
+    evals = calls(redis_server, "eval")
+    statuses = [a.get("/ok").status for _ in range(3)]
+    assert statuses == [429, 429, 429], statuses
+    assert calls(redis_server, "eval") > evals, "NOSCRIPT was not answered with the script"
+    assert a.metrics().value("gateway_ratelimit_fallback_total", route="default") == 0
+
+
 def test_local_scope_is_per_process(gateway_factory, upstream, redis_server):
     a = limited_gateway(gateway_factory, upstream, redis_server, "a", scope="local")
     b = limited_gateway(gateway_factory, upstream, redis_server, "b", scope="local")
