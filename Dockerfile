@@ -10,10 +10,10 @@
 
 # ---- build stage: compiler, meson and the -dev packages
 FROM debian:bookworm-slim AS build
-# LEAD: add libmbedtls-dev here when TLS lands.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         gcc libc6-dev pkg-config meson ninja-build liburing-dev libconfig-dev libhiredis-dev \
+        libmbedtls-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -23,11 +23,9 @@ RUN meson setup /build --buildtype=release \
 
 # ---- runtime stage: the binary and its shared libraries, nothing else
 FROM debian:bookworm-slim
-# LEAD: add libmbedtls14 (pulls libmbedx509-1 and libmbedcrypto7) here when
-# TLS lands.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        liburing2 libconfig9 libhiredis0.14 \
+        liburing2 libconfig9 libhiredis0.14 libmbedtls14 libmbedx509-1 libmbedcrypto7 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin gateway

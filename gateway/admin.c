@@ -10,6 +10,7 @@
 #include "policy/breaker.h"
 #include "policy/ratelimit.h"
 #include "policy/shared.h"
+#include "tls/tls.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -159,6 +160,28 @@ static void server_label(struct gw_text *t, const struct gw_server *s)
 {
     /* names are [A-Za-z0-9_.-] and addresses are IP literals: nothing to escape */
     gw_text_printf(t, "upstream=\"%s\",server=\"%s\"", s->upstream->name, s->addr.text);
+}
+
+static void expiry_line(void *arg, const char *listener, const char *name, int64_t not_after)
+{
+    struct gw_text *t = arg;
+
+    gw_text_printf(t, "gateway_tls_certificate_expiry_timestamp_seconds{listener=\"");
+    gw_text_label(t, listener);
+    gw_text_printf(t, "\",name=\"");
+    gw_text_label(t, name);
+    gw_text_printf(t, "\"} %lld\n", (long long)not_after);
+}
+
+/* When each certificate of the running snapshot expires. */
+static void tls_metrics(struct gw_text *t)
+{
+    if (gw_admin.cfg == NULL)
+        return;
+    gw_text_printf(t, "# HELP gateway_tls_certificate_expiry_timestamp_seconds When each "
+                      "certificate of a TLS listener expires (notAfter), seconds since the "
+                      "epoch.\n# TYPE gateway_tls_certificate_expiry_timestamp_seconds gauge\n");
+    gw_tls_each_cert(gw_admin.cfg, expiry_line, t);
 }
 
 /* Shared policy state of the running snapshot: breakers, rate-limit tables. */
@@ -371,6 +394,7 @@ static void route(struct client *cl)
         struct gw_text body = {0};
         gw_metrics_render(&body);
         policy_metrics(&body);
+        tls_metrics(&body);
         process_metrics(&body);
         respond(cl, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body.p, body.len,
                 head);

@@ -8,6 +8,7 @@
 #include "core/metrics.h"
 #include "io/ring.h"
 #include "policy/shared.h"
+#include "tls/tls.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -82,9 +83,13 @@ static struct gw_config *reload(const char *path, struct gw_config *running)
     struct gw_config *cfg;
     char err[1024];
 
-    if (gw_config_load(path, &cfg, err, sizeof(err)) != 0) {
+    if (gw_config_load(path, &cfg, err, sizeof(err)) != 0 ||
+        gw_tls_load(cfg, err, sizeof(err)) != 0) {
+        /* certificates are loaded and checked before anything changes:
+         * a bad one keeps the old config (and its certificates) serving */
         gw_log_error("reload failed, keeping generation %llu: %s",
                      (unsigned long long)generation, err);
+        gw_config_unref(cfg);
         gw_admin.reloads_failed++;
         gw_admin.last_reload_ok = false;
         return running;
@@ -159,6 +164,11 @@ int main(int argc, char **argv)
     }
     if (gw_config_load(path, &cfg, err, sizeof(err)) != 0) {
         fprintf(stderr, "gateway: %s\n", err);
+        return 1;
+    }
+    if (gw_tls_load(cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "gateway: %s\n", err);
+        gw_config_unref(cfg);
         return 1;
     }
     if (test_only) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # deps.sh: install the Debian packages a stage needs, only those missing.
 #
-#   scripts/deps.sh build    compiler, meson, ninja, liburing, libconfig, hiredis, python3
+#   scripts/deps.sh build    compiler, meson, ninja, liburing, libconfig, hiredis, mbedtls, python3
 #   scripts/deps.sh test     build + pytest, prometheus-client, yaml, curl, redis-server, strace; clang +
 #                            its runtimes for the fuzzer if the archive has them (optional)
 #   scripts/deps.sh bench    build + nginx-light, haproxy, wrk
@@ -12,7 +12,7 @@
 set -euo pipefail
 
 build_pkgs=(build-essential pkg-config meson ninja-build liburing-dev libconfig-dev libhiredis-dev
-            python3)
+            libmbedtls-dev python3)
 # python3-yaml reads scripts/k8s/gateway.yaml and strace lists the gateway's system
 # calls against conf/seccomp.json (test/integration/test_95_container.py).
 test_pkgs=(python3-pytest python3-prometheus-client python3-yaml curl redis-server strace)

@@ -33,7 +33,10 @@ static const char *const top_keys[] = {"workers",   "access_log", "drain_timeout
                                        "listen",    "admin",      "limits",
                                        "upstreams", "routes",     "trusted_proxies",
                                        "cache",     "redis",      NULL};
-static const char *const listen_keys[] = {"address", "deadline_header", NULL};
+static const char *const listen_keys[] = {"address", "deadline_header", "tls", NULL};
+static const char *const tls_keys[] = {"cert", "key", "certs", "min_version", "ciphers", "alpn",
+                                       NULL};
+static const char *const tls_cert_keys[] = {"cert", "key", NULL};
 static const char *const admin_keys[] = {"address", NULL};
 static const char *const limits_keys[] = {"max_header_bytes",  "max_body_bytes",
                                           "header_timeout_ms", "idle_timeout_ms",
@@ -376,6 +379,83 @@ static int addr_setting(struct ctx *c, const config_setting_t *s, const char *te
     return 0;
 }
 
+/* A list of strings (any text) into a new array; absent leaves it NULL. */
+static int string_list(struct ctx *c, const config_setting_t *g, const char *key, char ***out,
+                       size_t *nout)
+{
+    const config_setting_t *list = member(g, key);
+    int n;
+
+    if (list == NULL)
+        return 0;
+    if (!is_list(list) || (n = config_setting_length(list)) == 0)
+        return fail(c, list, "'%s' must be a non-empty list of strings", key);
+    *out = gw_xcalloc((size_t)n + 1, sizeof(**out)); /* NULL-terminated, as mbedtls wants */
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(list, i);
+        if (config_setting_type(e) != CONFIG_TYPE_STRING || config_setting_get_string(e)[0] == 0)
+            return fail(c, e, "each entry of '%s' must be a non-empty string", key);
+        (*out)[(*nout)++] = gw_xstrdup(config_setting_get_string(e));
+    }
+    return 0;
+}
+
+static int tls_pair(struct ctx *c, const config_setting_t *g, struct gw_tls_conf *t)
+{
+    const char *cert, *key;
+
+    if (require_string(c, g, "cert", "tls", &cert, NULL) == -1 ||
+        require_string(c, g, "key", "tls", &key, NULL) == -1)
+        return -1;
+    t->certs = gw_xrealloc(t->certs, (t->ncerts + 1) * sizeof(*t->certs));
+    t->keys = gw_xrealloc(t->keys, (t->ncerts + 1) * sizeof(*t->keys));
+    t->certs[t->ncerts] = gw_xstrdup(cert);
+    t->keys[t->ncerts] = gw_xstrdup(key);
+    t->ncerts++;
+    return 0;
+}
+
+static int parse_tls(struct ctx *c, const config_setting_t *lg, struct gw_tls_conf *t)
+{
+    const config_setting_t *g, *list, *vs;
+    const char *v;
+
+    if (get_group(c, lg, "tls", &g) == -1)
+        return -1;
+    if (g == NULL)
+        return 0;
+    if (check_keys(c, g, tls_keys, "tls") == -1)
+        return -1;
+    t->enabled = true;
+    t->file = gw_xstrdup(config_setting_source_file(g) ? config_setting_source_file(g) : c->path);
+    t->line = config_setting_source_line(g);
+    list = member(g, "certs");
+    if (list != NULL && (member(g, "cert") != NULL || member(g, "key") != NULL))
+        return fail(c, list, "tls: give either cert and key, or certs, not both");
+    if (list != NULL) {
+        if (!is_list(list) || config_setting_length(list) == 0)
+            return fail(c, list, "'certs' must be a list of { cert = ...; key = ...; } groups");
+        for (int i = 0; i < config_setting_length(list); i++) {
+            const config_setting_t *e = config_setting_get_elem(list, i);
+            if (config_setting_type(e) != CONFIG_TYPE_GROUP)
+                return fail(c, e, "each entry of 'certs' must be a group { cert; key; }");
+            if (check_keys(c, e, tls_cert_keys, "tls certs") == -1 || tls_pair(c, e, t) == -1)
+                return -1;
+        }
+    } else if (tls_pair(c, g, t) == -1) {
+        return -1;
+    }
+    if (get_string(c, g, "min_version", &v, &vs) == -1)
+        return -1;
+    if (v != NULL && strcmp(v, "1.2") != 0)
+        return fail(c, vs, "min_version must be \"1.2\" (this mbedtls serves TLS 1.2), not "
+                           "\"%s\"", v);
+    if (string_list(c, g, "ciphers", &t->ciphers, &t->nciphers) == -1 ||
+        string_list(c, g, "alpn", &t->alpn, &t->nalpn) == -1)
+        return -1;
+    return 0;
+}
+
 static int parse_listens(struct ctx *c, const config_setting_t *root, struct gw_config *cfg)
 {
     const config_setting_t *list;
@@ -409,6 +489,8 @@ static int parse_listens(struct ctx *c, const config_setting_t *root, struct gw_
         }
         cfg->nlistens++;
         if (get_header_name(c, g, "deadline_header", true, &l->deadline_header) == -1)
+            return -1;
+        if (parse_tls(c, g, &l->tls) == -1)
             return -1;
     }
     return 0;
@@ -1291,11 +1373,14 @@ static int parse_root(struct ctx *c, const config_setting_t *root, struct gw_con
 }
 
 void (*gw_config_on_free)(struct gw_config *cfg);
+void (*gw_config_on_free_tls)(struct gw_config *cfg);
 
 static void config_free(struct gw_config *cfg)
 {
     if (gw_config_on_free != NULL)
         gw_config_on_free(cfg);
+    if (gw_config_on_free_tls != NULL)
+        gw_config_on_free_tls(cfg);
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         free(cfg->upstreams[i].name);
         free(cfg->upstreams[i].servers);
@@ -1314,8 +1399,23 @@ static void config_free(struct gw_config *cfg)
         free(r->rate_limit.header);
         free(r->deadline_header);
     }
-    for (size_t i = 0; i < cfg->nlistens; i++)
+    for (size_t i = 0; i < cfg->nlistens; i++) {
+        struct gw_tls_conf *t = &cfg->listens[i].tls;
         free(cfg->listens[i].deadline_header);
+        for (size_t j = 0; j < t->ncerts; j++) {
+            free(t->certs[j]);
+            free(t->keys[j]);
+        }
+        free(t->certs);
+        free(t->keys);
+        for (size_t j = 0; j < t->nciphers; j++)
+            free(t->ciphers[j]);
+        free(t->ciphers);
+        for (size_t j = 0; j < t->nalpn; j++)
+            free(t->alpn[j]);
+        free(t->alpn);
+        free(t->file);
+    }
     free(cfg->trusted_proxies);
     free(cfg->purge_from);
     free(cfg->redis.unix_path);

@@ -34,10 +34,27 @@ struct gw_sockaddr {
     char text[64];
 };
 
+struct gw_tls_ctx;
+
+/* TLS termination of a listener (tls/tls.h loads what it names). */
+struct gw_tls_conf {
+    bool enabled;
+    char **certs, **keys; /* file paths, pairwise; the first is the default */
+    size_t ncerts;
+    char **ciphers; /* mbedtls suite names; NULL: AEAD with forward secrecy */
+    size_t nciphers;
+    char **alpn; /* NULL: [ "http/1.1" ] */
+    size_t nalpn;
+    char *file; /* where the tls group is, for errors about its files */
+    int line;
+};
+
 struct gw_listen {
     struct gw_sockaddr addr;
     char *deadline_header; /* NULL: the route's (or the default) applies */
     unsigned slot;         /* set by main: the same for the same address across reloads */
+    struct gw_tls_conf tls;
+    struct gw_tls_ctx *tls_ctx; /* loaded by gw_tls_load after the config; NULL: plain */
 };
 
 /* A CIDR block of trusted proxies: "10.0.0.0/8", "::1/128", "127.0.0.1". */
@@ -213,6 +230,7 @@ void gw_config_dump(const struct gw_config *cfg, FILE *f);
 
 /* Called once when the snapshot is freed, before its memory goes: the owner of
  * shared state bound to it (policy/shared.c) drops its references there. */
+extern void (*gw_config_on_free_tls)(struct gw_config *cfg); /* tls/tls.c */
 extern void (*gw_config_on_free)(struct gw_config *cfg);
 
 /* Is the address (AF_INET / AF_INET6 bytes) inside the block? An IPv4-mapped

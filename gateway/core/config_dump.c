@@ -274,6 +274,28 @@ void gw_config_dump(const struct gw_config *cfg, FILE *f)
             fputs("; deadline_header = ", f);
             put_str(f, cfg->listens[i].deadline_header);
         }
+        if (cfg->listens[i].tls.enabled) {
+            const struct gw_tls_conf *t = &cfg->listens[i].tls;
+            static char *const http11[] = {"http/1.1"};
+            fputs("; tls = { certs = ( ", f);
+            for (size_t k = 0; k < t->ncerts; k++) {
+                fputs(k ? ", { cert = " : "{ cert = ", f);
+                put_str(f, t->certs[k]);
+                fputs("; key = ", f);
+                put_str(f, t->keys[k]);
+                fputs("; }", f);
+            }
+            fputs(" ); min_version = \"1.2\"; alpn = ", f);
+            if (t->alpn != NULL)
+                put_strs(f, t->alpn, t->nalpn);
+            else
+                put_strs(f, http11, 1);
+            if (t->ciphers != NULL) {
+                fputs("; ciphers = ", f);
+                put_strs(f, t->ciphers, t->nciphers);
+            }
+            fputs("; }", f);
+        }
         fprintf(f, "; }%s\n", i + 1 < cfg->nlistens ? "," : "");
     }
     fputs(");\n", f);

@@ -165,7 +165,7 @@ static uint64_t load(_Atomic uint64_t *c)
 /* Label values come from config names (restricted charset) and normalised
  * addresses, so they need no escaping; still, never emit a quote or a
  * backslash unescaped. */
-static void put_label(struct gw_text *t, const char *v)
+void gw_text_label(struct gw_text *t, const char *v)
 {
     for (; *v; v++) {
         if (*v == '"' || *v == '\\')
@@ -205,18 +205,14 @@ static void label_into(char *dst, size_t cap, const char *v, const char *tail)
 /* One histogram series summed over workers: the struct gw_hist at offset
  * hist_off inside the stats object that ws->(array at arr_off)[slot] points
  * to. Series without a sample are left out. */
-static void render_hist(struct gw_text *out, const char *name, const char *labels, size_t arr_off,
-                        unsigned slot, size_t hist_off)
+/* A histogram's lines from bucket counts summed over workers; labels may
+ * be empty. Nothing when it counted nothing. */
+static void render_hist_sums(struct gw_text *out, const char *name, const char *labels,
+                             const uint64_t *sums, uint64_t sum_us)
 {
-    uint64_t sums[GW_DURATION_BUCKETS] = {0}, total = 0, sum_us = 0;
+    uint64_t total = 0;
+    const char *sep = labels[0] ? "," : "";
 
-    for (unsigned w = 0; w < nworkers; w++) {
-        void *obj = ((void **)((char *)workers[w] + arr_off))[slot];
-        struct gw_hist *h = (struct gw_hist *)((char *)obj + hist_off);
-        for (unsigned b = 0; b < GW_DURATION_BUCKETS; b++)
-            sums[b] += load(&h->bucket[b]);
-        sum_us += load(&h->sum_us);
-    }
     for (unsigned b = 0; b < GW_DURATION_BUCKETS; b++)
         total += sums[b];
     if (total == 0)
@@ -225,14 +221,62 @@ static void render_hist(struct gw_text *out, const char *name, const char *label
     for (unsigned b = 0; b < GW_DURATION_BUCKETS; b++) {
         total += sums[b];
         if (b < GW_DURATION_BUCKETS - 1)
-            gw_text_printf(out, "%s_bucket{%s,le=\"%g\"} %llu\n", name, labels,
+            gw_text_printf(out, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep,
                            (double)gw_duration_bounds_us[b] / 1e6, (unsigned long long)total);
         else
-            gw_text_printf(out, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, labels,
+            gw_text_printf(out, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep,
                            (unsigned long long)total);
     }
-    gw_text_printf(out, "%s_sum{%s} %.6f\n", name, labels, (double)sum_us / 1e6);
-    gw_text_printf(out, "%s_count{%s} %llu\n", name, labels, (unsigned long long)total);
+    if (labels[0]) {
+        gw_text_printf(out, "%s_sum{%s} %.6f\n", name, labels, (double)sum_us / 1e6);
+        gw_text_printf(out, "%s_count{%s} %llu\n", name, labels, (unsigned long long)total);
+    } else {
+        gw_text_printf(out, "%s_sum %.6f\n", name, (double)sum_us / 1e6);
+        gw_text_printf(out, "%s_count %llu\n", name, (unsigned long long)total);
+    }
+}
+
+static void render_hist(struct gw_text *out, const char *name, const char *labels, size_t arr_off,
+                        unsigned slot, size_t hist_off)
+{
+    uint64_t sums[GW_DURATION_BUCKETS] = {0}, sum_us = 0;
+
+    for (unsigned w = 0; w < nworkers; w++) {
+        void *obj = ((void **)((char *)workers[w] + arr_off))[slot];
+        struct gw_hist *h = (struct gw_hist *)((char *)obj + hist_off);
+        for (unsigned b = 0; b < GW_DURATION_BUCKETS; b++)
+            sums[b] += load(&h->bucket[b]);
+        sum_us += load(&h->sum_us);
+    }
+    render_hist_sums(out, name, labels, sums, sum_us);
+}
+
+static void render_tls(struct gw_text *out)
+{
+    uint64_t sums[GW_DURATION_BUCKETS] = {0}, sum_us = 0;
+    static const char *const results[2] = {"success", "failure"};
+
+    gw_text_printf(out, "# HELP gateway_tls_handshakes_total TLS handshakes, by listener and "
+                        "result.\n# TYPE gateway_tls_handshakes_total counter\n");
+    for (unsigned l = 0; l < nlistens; l++) {
+        for (unsigned k = 0; k < 2; k++) {
+            uint64_t v = SUM_WORKERS(load(&ws->tls_handshakes[l][k]));
+            if (v == 0)
+                continue;
+            gw_text_printf(out, "gateway_tls_handshakes_total{listener=\"");
+            gw_text_label(out, listen_names[l]);
+            gw_text_printf(out, "\",result=\"%s\"} %llu\n", results[k], (unsigned long long)v);
+        }
+    }
+    gw_text_printf(out, "# HELP gateway_tls_handshake_duration_seconds From the first byte of a "
+                        "TLS connection to its finished handshake.\n"
+                        "# TYPE gateway_tls_handshake_duration_seconds histogram\n");
+    for (unsigned w = 0; w < nworkers; w++) {
+        for (unsigned b = 0; b < GW_DURATION_BUCKETS; b++)
+            sums[b] += load(&workers[w]->tls_hs_dur.bucket[b]);
+        sum_us += load(&workers[w]->tls_hs_dur.sum_us);
+    }
+    render_hist_sums(out, "gateway_tls_handshake_duration_seconds", "", sums, sum_us);
 }
 
 static void render_requests(struct gw_text *out)
@@ -245,7 +289,7 @@ static void render_requests(struct gw_text *out)
             if (v == 0)
                 continue;
             gw_text_printf(out, "gateway_requests_total{route=\"");
-            put_label(out, route_names[r]);
+            gw_text_label(out, route_names[r]);
             gw_text_printf(out, "\",code=\"%d\"} %llu\n", code, (unsigned long long)v);
         }
     }
@@ -271,7 +315,7 @@ static void render_route_counter(struct gw_text *out, const char *name, const ch
         uint64_t v = SUM_WORKERS(
             load((_Atomic uint64_t *)((char *)ws->routes[r] + field)));
         gw_text_printf(out, "%s{route=\"", name);
-        put_label(out, route_names[r]);
+        gw_text_label(out, route_names[r]);
         gw_text_printf(out, "\"} %llu\n", (unsigned long long)v);
     }
 }
@@ -302,7 +346,7 @@ static void render_upstreams(struct gw_text *out)
             if (strcmp(server_names[t].upstream, server_names[s].upstream) == 0)
                 v += SUM_WORKERS(load(&ws->servers[t]->retries));
         gw_text_printf(out, "gateway_upstream_retries_total{upstream=\"");
-        put_label(out, server_names[s].upstream);
+        gw_text_label(out, server_names[s].upstream);
         gw_text_printf(out, "\"} %llu\n", (unsigned long long)v);
     }
     gw_text_printf(out, "# HELP gateway_upstream_rejected_total Requests answered 503 without "
@@ -317,7 +361,7 @@ static void render_upstreams(struct gw_text *out)
                 if (strcmp(server_names[t].upstream, server_names[s].upstream) == 0)
                     v += SUM_WORKERS(load(&ws->servers[t]->rejected[k]));
             gw_text_printf(out, "gateway_upstream_rejected_total{upstream=\"");
-            put_label(out, server_names[s].upstream);
+            gw_text_label(out, server_names[s].upstream);
             gw_text_printf(out, "\",reason=\"%s\"} %llu\n", reject_names[k],
                            (unsigned long long)v);
         }
@@ -327,9 +371,9 @@ static void render_upstreams(struct gw_text *out)
 static void server_labels(struct gw_text *out, unsigned s)
 {
     gw_text_printf(out, "{upstream=\"");
-    put_label(out, server_names[s].upstream);
+    gw_text_label(out, server_names[s].upstream);
     gw_text_printf(out, "\",server=\"");
-    put_label(out, server_names[s].server);
+    gw_text_label(out, server_names[s].server);
     gw_text_printf(out, "\"");
 }
 
@@ -482,7 +526,7 @@ static void render_cache(struct gw_text *out)
             if (v == 0)
                 continue;
             gw_text_printf(out, "gateway_cache_requests_total{route=\"");
-            put_label(out, route_names[r]);
+            gw_text_label(out, route_names[r]);
             gw_text_printf(out, "\",result=\"%s\"} %llu\n", results[k], (unsigned long long)v);
         }
     }
@@ -519,6 +563,7 @@ void gw_metrics_render(struct gw_text *out)
                          offsetof(struct gw_route_stats, deadline_exceeded));
     render_cache(out);
     render_redis(out);
+    render_tls(out);
     render_servers(out);
     render_upstreams(out);
     gw_text_printf(out, "# HELP gateway_connections_active Client connections open now, by the "
@@ -532,7 +577,7 @@ void gw_metrics_render(struct gw_text *out)
         if (!listen_live[l] && active == 0)
             continue;
         gw_text_printf(out, "gateway_connections_active{listener=\"");
-        put_label(out, listen_names[l]);
+        gw_text_label(out, listen_names[l]);
         gw_text_printf(out, "\"} %lld\n", (long long)active);
     }
     render_counter(out, "gateway_connections_accepted_total", "Client connections accepted.",

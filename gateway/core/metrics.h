@@ -112,6 +112,8 @@ struct gw_worker_stats {
     _Atomic uint64_t redis_depth_sum;
     _Atomic uint64_t redis_writes;
     _Atomic uint64_t cache_l2_errors; /* values in Redis that were corrupt or cut short */
+    _Atomic uint64_t tls_handshakes[GW_METRICS_MAX_LISTENS][2]; /* by listen slot: ok, failed */
+    struct gw_hist tls_hs_dur;
     struct gw_route_stats *routes[GW_METRICS_MAX_SLOTS];
     struct gw_server_stats *servers[GW_METRICS_MAX_SLOTS];
 };
@@ -159,6 +161,8 @@ struct gw_text {
     size_t len, cap;
 };
 __attribute__((format(printf, 2, 3))) void gw_text_printf(struct gw_text *t, const char *fmt, ...);
+/* v escaped as a Prometheus label value (\\, \" and newlines). */
+void gw_text_label(struct gw_text *t, const char *v);
 void gw_text_free(struct gw_text *t);
 
 /* Appends every gateway_* family summed over workers. */

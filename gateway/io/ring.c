@@ -1,6 +1,8 @@
 /* Owns ring setup (with fallbacks) and the completion dispatch loop. */
 #include "io/ring.h"
 
+#include "core/clock.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -101,6 +103,12 @@ int gw_ring_run(struct gw_ring *r, unsigned timeout_ms)
         ret = io_uring_submit_and_wait_timeout(&r->ring, &cqe, 1, &ts, NULL);
     if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY && ret != -EAGAIN)
         return ret;
+    /* The wait may have lasted up to timeout_ms: callbacks that set timers
+     * (a header timeout at accept) must count from now, not from before it.
+     * (A TLS handshake was cut after 31 us for this: its timer counted from
+     * a clock read 500 ms earlier.) */
+    if (timeout_ms > 0)
+        gw_clock_update();
 
     /* Callbacks may queue new SQEs but never wait, so walking the CQ and
      * advancing once at the end is safe; callbacks that need the ring to

@@ -13,6 +13,7 @@
 #include "http/msg.h"
 #include "io/bufring.h"
 #include "io/redis.h"
+#include "tls/tls.h"
 #include "io/ring.h"
 #include "io/timer.h"
 
@@ -273,6 +274,14 @@ struct gw_conn {
     int peer_family;       /* AF_INET, AF_INET6 or 0 */
     uint8_t peer_addr[16]; /* for trusted_proxies */
     unsigned listen_slot; /* gw_listen.slot of the listener that accepted it */
+    /* TLS (session.c "tls"): the record layer, and the snapshot whose
+     * certificates it was accepted with, kept while the connection lives */
+    struct gw_tls_conn *tls;
+    struct gw_config *tls_cfg;
+    bool tls_open;  /* handshake done */
+    bool tls_nop;   /* a NOP is in flight to drain what mbedtls holds */
+    uint64_t tls_start_us;
+    struct gw_op tls_op;
     unsigned requests;
     struct gw_conn *prev, *next; /* the worker's list of open connections */
 };

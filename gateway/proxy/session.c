@@ -76,8 +76,18 @@ static void arm_recv(struct gw_conn *c)
 {
     struct io_uring_sqe *sqe;
 
-    if (!conn_wants_recv(c))
+    if (!conn_wants_recv(c) || c->tls_nop)
         return;
+    /* mbedtls may hold records already received (the input buffer was
+     * full): they will not come through the socket again */
+    if (c->tls != NULL && c->tls_open && gw_tls_pending(c->tls)) {
+        sqe = gw_ring_sqe(&c->w->ring);
+        io_uring_prep_nop(sqe);
+        gw_sqe_op(sqe, &c->tls_op);
+        c->refs++;
+        c->tls_nop = true;
+        return;
+    }
     /* One-shot, not multishot: a multishot recv keeps filling ring buffers
      * for as long as the socket has data, so a fast client's whole upload
      * (perf: most of a 1 MiB POST) was read and copied before its head was
@@ -115,6 +125,12 @@ static void conn_free_if_done(struct gw_conn *c)
     c->flags |= GW_C_FREED;
     gw_timer_cancel(&w->timers, &c->timer);
     close(c->fd);
+    if (c->tls != NULL) {
+        gw_tls_conn_free(c->tls);
+        c->tls = NULL;
+        gw_config_unref(c->tls_cfg);
+        c->tls_cfg = NULL;
+    }
     gw_bufpool_put(&w->in_pool, &c->in);
     gw_bufpool_put(&w->out_pool, &c->out);
     if (c->prev)
@@ -173,6 +189,119 @@ static void on_client_eof(struct gw_conn *c)
         conn_abort(c);
 }
 
+/* ---- tls -----------------------------------------------------------------
+ *
+ * A connection accepted by a TLS listener feeds what it receives to mbedtls
+ * (gw_tls_feed) instead of c->in; the handshake runs on those bytes, and
+ * afterwards the decrypted bytes go into c->in, where the session reads
+ * them as it reads plaintext. c_send encrypts and the ciphertext goes out
+ * with one send at a time (tls_flush). Splices are never used on such a
+ * connection: the kernel would see ciphertext. */
+
+enum {
+    TLS_IN_OK,   /* whatever could be decrypted is in c->in */
+    TLS_IN_EOF,  /* the peer closed the TLS stream */
+    TLS_IN_DEAD, /* handshake failed: the connection is closing */
+};
+
+static void tls_send_slice(struct gw_conn *c, struct gw_slice s)
+{
+    struct io_uring_sqe *sqe;
+
+    c->iov[0].iov_base = (void *)s.ptr;
+    c->iov[0].iov_len = s.len;
+    c->msg.msg_iov = c->iov;
+    c->msg.msg_iovlen = 1;
+    sqe = gw_ring_sqe(&c->w->ring);
+    io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
+    gw_sqe_op(sqe, &c->send_op);
+    c->refs++;
+    c->flags |= GW_C_SEND_BUSY;
+}
+
+/* Sends what mbedtls wrote, unless a send is already on its way. */
+static void tls_flush(struct gw_conn *c)
+{
+    struct gw_slice s;
+
+    if (c->flags & GW_C_SEND_BUSY)
+        return;
+    s = gw_tls_out_take(c->tls);
+    if (s.len > 0)
+        tls_send_slice(c, s);
+}
+
+static int tls_input(struct gw_conn *c)
+{
+    struct gw_wctx *w = c->w;
+    unsigned slot = c->listen_slot < GW_METRICS_MAX_LISTENS ? c->listen_slot : 0;
+
+    if (!c->tls_open) {
+        enum gw_tls_state st = gw_tls_handshake(c->tls);
+        tls_flush(c);
+        if (st == GW_TLS_FAILED) {
+            /* plain HTTP to a TLS port, a client that gave up, a bad
+             * record: nothing to answer in TLS */
+            gw_stat_add(&w->stats->tls_handshakes[slot][1], 1);
+            conn_close(c);
+            return TLS_IN_DEAD;
+        }
+        if (st == GW_TLS_HANDSHAKE)
+            return TLS_IN_OK;
+        c->tls_open = true;
+        gw_stat_add(&w->stats->tls_handshakes[slot][0], 1);
+        gw_hist_add(&w->stats->tls_hs_dur, gw_clock_us() - c->tls_start_us);
+    }
+    for (;;) {
+        size_t room;
+        ssize_t n;
+
+        gw_bufpool_get(&w->in_pool, &c->in);
+        if (c->in.off + c->in.len == c->in.cap)
+            gw_buf_compact(&c->in);
+        room = c->in.cap - c->in.off - c->in.len;
+        if (room == 0)
+            break; /* the rest waits in mbedtls; arm_recv comes back for it */
+        n = gw_tls_read(c->tls, c->in.data + c->in.off + c->in.len, room);
+        if (n > 0) {
+            c->in.len += (size_t)n;
+            continue;
+        }
+        if (n < 0) {
+            tls_flush(c);
+            return TLS_IN_EOF;
+        }
+        break;
+    }
+    tls_flush(c);
+    return TLS_IN_OK;
+}
+
+static void on_tls_nop(struct gw_op *op, int res, unsigned flags)
+{
+    struct gw_conn *c = container_of(op, struct gw_conn, tls_op);
+    int st;
+
+    (void)res;
+    (void)flags;
+    c->refs--;
+    c->tls_nop = false;
+    if (c->flags & GW_C_CLOSING) {
+        conn_closing_progress(c);
+        return;
+    }
+    st = tls_input(c);
+    if (st == TLS_IN_DEAD)
+        return;
+    on_client_input(c);
+    if (st == TLS_IN_EOF && !(c->flags & GW_C_CLOSING)) {
+        c->flags |= GW_C_PEER_EOF;
+        on_client_eof(c);
+    }
+    if (!(c->flags & GW_C_CLOSING))
+        arm_recv(c);
+}
+
 static void on_recv(struct gw_op *op, int res, unsigned flags)
 {
     struct gw_conn *c = container_of(op, struct gw_conn, recv_op);
@@ -185,7 +314,10 @@ static void on_recv(struct gw_op *op, int res, unsigned flags)
     if (flags & IORING_CQE_F_BUFFER) {
         unsigned bid = gw_bufring_bid(flags);
         if (res > 0 && !(c->flags & GW_C_CLOSING)) {
-            in_append(c, gw_bufring_buf(&w->br, bid), (size_t)res);
+            if (c->tls != NULL)
+                gw_tls_feed(c->tls, gw_bufring_buf(&w->br, bid), (size_t)res);
+            else
+                in_append(c, gw_bufring_buf(&w->br, bid), (size_t)res);
             gw_stat_add(&w->stats->bytes_in, (uint64_t)res);
         }
         gw_bufring_recycle(&w->br, bid);
@@ -199,7 +331,14 @@ static void on_recv(struct gw_op *op, int res, unsigned flags)
     if (c->in.len >= c->w->in_pool.size && (c->flags & GW_C_RECV_ARMED))
         stop_recv(c);
     if (res > 0) {
+        int st = c->tls != NULL ? tls_input(c) : TLS_IN_OK;
+        if (st == TLS_IN_DEAD)
+            return;
         on_client_input(c);
+        if (st == TLS_IN_EOF && !(c->flags & GW_C_CLOSING)) {
+            c->flags |= GW_C_PEER_EOF;
+            on_client_eof(c);
+        }
     } else if (res == 0) {
         c->flags |= GW_C_PEER_EOF;
         on_client_eof(c);
@@ -240,6 +379,19 @@ static void on_send(struct gw_op *op, int res, unsigned flags)
     gw_stat_add(&c->w->stats->bytes_out, (uint64_t)res);
     if (c->req)
         c->req->bytes_out += (uint64_t)res;
+    if (c->tls != NULL) {
+        /* ciphertext: the rest of the frozen buffer, then whatever was
+         * encrypted meanwhile, and only then is the send done */
+        if (!gw_tls_sent(c->tls, (size_t)res)) {
+            tls_send_slice(c, gw_tls_out_rest(c->tls));
+            return;
+        }
+        if (gw_tls_has_out(c->tls)) {
+            tls_flush(c);
+            return;
+        }
+        goto sent;
+    }
     /* Advance past what was sent; send the rest if it was short. */
     n = (size_t)res;
     while (c->msg.msg_iovlen > 0 && n >= c->msg.msg_iov[0].iov_len) {
@@ -258,6 +410,7 @@ static void on_send(struct gw_op *op, int res, unsigned flags)
         c->flags |= GW_C_SEND_BUSY;
         return;
     }
+sent:
     fn = c->on_sent;
     c->on_sent = NULL;
     if (fn)
@@ -273,6 +426,20 @@ static void on_send(struct gw_op *op, int res, unsigned flags)
 static void c_send(struct gw_conn *c, int n, void (*on_sent)(struct gw_conn *c))
 {
     struct io_uring_sqe *sqe;
+
+    if (c->tls != NULL) {
+        /* encrypted at once (mbedtls copies); the ciphertext goes out in
+         * order behind whatever is already on its way */
+        for (int i = 0; i < n; i++)
+            if (gw_tls_write(c->tls, c->iov[i].iov_base, c->iov[i].iov_len) != 0) {
+                conn_abort(c);
+                return;
+            }
+        c->on_sent = on_sent;
+        if (!(c->flags & GW_C_SEND_BUSY))
+            tls_flush(c);
+        return;
+    }
 
     c->msg.msg_iov = c->iov;
     c->msg.msg_iovlen = (size_t)n;
@@ -783,7 +950,7 @@ static void req_advance_up(struct gw_req *r)
      * memory as soon as that is known: a fast client would otherwise keep
      * c->in full at every check, and the whole body would be copied
      * through user space twice (perf: post1m ran in copy mode). */
-    if (r->req_phase == GW_REQ_SEND && !r->body_chunked && !r->aborting &&
+    if (r->req_phase == GW_REQ_SEND && !r->body_chunked && !r->aborting && c->tls == NULL &&
         !(c->flags & GW_C_HOLD_RECV) && r->resp_phase == GW_RESP_WAIT &&
         r->body_left > c->in.len && r->body_left - c->in.len >= GW_SPLICE_MIN_UP_BYTES) {
         c->flags |= GW_C_HOLD_RECV;
@@ -818,7 +985,8 @@ static void req_advance_up(struct gw_req *r)
         r->req_phase = GW_REQ_DONE;
         goto recv;
     }
-    if (!r->body_chunked && ((c->flags & GW_C_HOLD_RECV) || r->body_left >= GW_SPLICE_MIN_UP_BYTES)) {
+    if (!r->body_chunked && c->tls == NULL &&
+        ((c->flags & GW_C_HOLD_RECV) || r->body_left >= GW_SPLICE_MIN_UP_BYTES)) {
         c->flags |= GW_C_HOLD_RECV;
         stop_recv(c);
         if (c->flags & GW_C_RECV_ARMED)
@@ -1037,7 +1205,7 @@ static void on_resp_sent(struct gw_conn *c)
         return;
     }
     if (!r->resp_chunked && !r->resp_until_close && u->in.len == 0 && !r->cache_capture &&
-        r->resp_left >= GW_SPLICE_MIN_DOWN_BYTES) {
+        c->tls == NULL && r->resp_left >= GW_SPLICE_MIN_DOWN_BYTES) {
         if (gw_pump_start(&r->pump_up, c->w, u->fd, c->fd, r->resp_left, on_pump_up_done) ==
             0) {
             r->pump_up_on = true;
@@ -2380,6 +2548,12 @@ static void req_start(struct gw_conn *c, size_t head_len)
         return;
     }
     r->route_slot = r->route->metrics_slot;
+    if (c->tls != NULL && (q->flags & GW_MSG_UPGRADE)) {
+        /* tunnels are spliced socket to socket, which TLS rules out */
+        gw_buf_consume(&c->in, head_len);
+        req_respond(r, 501, true);
+        return;
+    }
     if (q->content_length > 0 && (uint64_t)q->content_length > cfg->limits.max_body_bytes) {
         gw_buf_consume(&c->in, head_len);
         req_respond(r, 413, true);
@@ -2440,7 +2614,7 @@ static void req_continue(struct gw_req *r, const struct gw_request *q, size_t he
      * the upstream's name, as nginx sends $proxy_host. */
     fi.host = gw_slice(r->route->upstream->name, strlen(r->route->upstream->name));
     fi.client_addr = gw_slice(c->peer, c->peer_len);
-    fi.proto = GW_SLICE_LIT("http");
+    fi.proto = c->tls != NULL ? GW_SLICE_LIT("https") : GW_SLICE_LIT("http");
     fi.request_id = gw_slice(r->rid, r->rid_len);
     fi.request_id_present = gw_http_find_header(q->headers, q->nheaders, "x-request-id") != NULL;
     if (dl_name != NULL) {
@@ -2597,6 +2771,7 @@ static void conn_closing_progress(struct gw_conn *c)
 
 void gw_conn_accepted(struct gw_wctx *w, int fd, unsigned listen_slot)
 {
+    struct gw_tls_conn *tls = NULL;
     struct gw_conn *c;
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
@@ -2608,17 +2783,37 @@ void gw_conn_accepted(struct gw_wctx *w, int fd, unsigned listen_slot)
         close(fd);
         return;
     }
+    /* A TLS listener's connection keeps the snapshot it was accepted on:
+     * its certificates stay for it through reloads. */
+    for (size_t i = 0; i < w->cur->cfg->nlistens; i++) {
+        const struct gw_listen *l = &w->cur->cfg->listens[i];
+        if (l->slot == listen_slot && l->tls_ctx != NULL) {
+            tls = gw_tls_conn_new(l->tls_ctx);
+            if (tls == NULL) {
+                gw_stat_add(&w->stats->rejected_conns, 1);
+                close(fd);
+                return;
+            }
+            break;
+        }
+    }
     c = w->free_conns;
     if (c)
         w->free_conns = c->next;
     else
         c = gw_xmalloc(sizeof(*c));
     memset(c, 0, sizeof(*c));
+    if (tls != NULL) {
+        c->tls = tls;
+        c->tls_cfg = gw_config_ref(w->cur->cfg);
+        c->tls_start_us = gw_clock_us();
+    }
     c->w = w;
     c->fd = fd;
     c->recv_op.cb = on_recv;
     c->send_op.cb = on_send;
     c->listen_slot = listen_slot;
+    c->tls_op.cb = on_tls_nop;
     gw_timer_init(&c->timer, on_conn_timer);
     c->next = w->conns;
     if (w->conns)
@@ -2649,7 +2844,8 @@ void gw_conn_accepted(struct gw_wctx *w, int fd, unsigned listen_slot)
         memcpy(c->peer, host, c->peer_len);
     }
     /* The first request gets the header timeout from the moment of accept,
-     * so a client that connects and says nothing is dropped in time. */
+     * so a client that connects and says nothing is dropped in time (the
+     * TLS handshake too). */
     set_conn_timer(c, w->cur->cfg->limits.header_timeout_ms);
     arm_recv(c);
 }

@@ -21,6 +21,7 @@ SECTIONS = {
     "Circuit breakers": ["breaker"],
     "Response cache": ["route_cache", "cache"],
     "Redis": ["redis"],
+    "TLS": ["tls", "tls_cert"],
 }
 
 # Every optional group present and empty, so that -T prints its defaults.

@@ -27,7 +27,7 @@ def redis_gateway(gateway_factory, upstream, redis, workers=1, name=None, l1_ttl
                   **redis_extra):
     route = route_block("default", "app")
     route["cache"] = {}
-    conf = {"address": redis if isinstance(redis, str) else redis.addr, "timeout_ms": 200}
+    conf = {"address": redis if isinstance(redis, str) else redis.addr, "timeout_ms": 1000}
     conf.update(redis_extra)
     return gateway_factory(upstreams=[{"name": "app", "servers": [upstream.addr]}],
                            routes=[route], workers=workers, name=name, redis=conf,

@@ -640,6 +640,24 @@ static void test_cache_keys(void)
     load_err(LISTEN UPSTREAM "redis = {\n  address = \"unix:run/x.sock\"; };\n", 4, "absolute");
     load_err(LISTEN UPSTREAM "cache = {\n  purge_from = [ \"nope\" ]; };\n", 4,
              "purge_from entry");
+    cfg = load_ok("listen = ( { address = \"127.0.0.1:8443\"; tls = { certs = ( { cert = \"a\";"
+                  " key = \"b\"; }, { cert = \"c\"; key = \"d\"; } ); alpn = [ \"http/1.1\" ];"
+                  " ciphers = [ \"TLS-ECDHE-RSA-WITH-AES-128-GCM-SHA256\" ]; }; } );\n");
+    if (cfg != NULL) {
+        const struct gw_tls_conf *t = &cfg->listens[0].tls;
+        ok(t->enabled && t->ncerts == 2 && strcmp(t->keys[1], "d") == 0 && t->nalpn == 1 &&
+               t->nciphers == 1 && t->line == 1,
+           "tls with two certificates");
+        gw_config_unref(cfg);
+    }
+    load_err("listen = ( { address = \"127.0.0.1:8443\";\n  tls = { cert = \"a\"; }; } );\n", 2,
+             "missing required key 'key'");
+    load_err("listen = ( { address = \"127.0.0.1:8443\";\n  tls = { cert = \"a\"; key = \"b\";"
+             " certs = ( { cert = \"c\"; key = \"d\"; } ); }; } );\n", 2, "not both");
+    load_err("listen = ( { address = \"127.0.0.1:8443\"; tls = { cert = \"a\"; key = \"b\";\n"
+             "  min_version = \"1.3\"; }; } );\n", 2, "min_version");
+    load_err("listen = ( { address = \"127.0.0.1:8443\"; tls = { cert = \"a\"; key = \"b\";\n"
+             "  alpn = [ ]; }; } );\n", 2, "non-empty list");
 }
 
 int main(void)

@@ -1,0 +1,462 @@
+/* Owns TLS: certificates and mbedtls configurations per snapshot, and the
+ * per-connection record layer over memory buffers. See tls.h. */
+#include "tls/tls.h"
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/mem.h"
+
+#include <mbedtls/error.h>
+#include <mbedtls/oid.h>
+#include <mbedtls/pk.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/ssl_ciphersuites.h>
+#include <mbedtls/ssl_ticket.h>
+#include <mbedtls/x509_crt.h>
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#define EXPIRY_WARN_S (14 * 86400)
+#define TICKET_LIFETIME_S 86400 /* also how often the ticket keys rotate */
+
+struct tls_cert {
+    mbedtls_x509_crt crt; /* with its chain, as the file holds it */
+    mbedtls_pk_context pk;
+    char **names; /* DNS names (SAN, else CN), lower-case */
+    size_t nnames;
+    int64_t not_after;
+};
+
+struct gw_tls_ctx {
+    mbedtls_ssl_config conf;
+    mbedtls_ssl_ticket_context ticket;
+    struct tls_cert *certs;
+    size_t ncerts;
+    int *suites;       /* 0-terminated */
+    const char **alpn; /* NULL-terminated */
+    char listener[64];
+};
+
+/* Growable byte buffer for ciphertext. */
+struct bytes {
+    char *p;
+    size_t off, len, cap;
+};
+
+struct gw_tls_conn {
+    mbedtls_ssl_context ssl;
+    struct bytes in;     /* received, not yet read by mbedtls */
+    struct bytes out[2]; /* mbedtls writes into out[fill]; out[!fill] may be in a send */
+    int fill;
+    bool taken;    /* out[!fill] is handed to a send */
+    bool fresh_in; /* bytes came since a read last wanted more */
+};
+
+/* ---- randomness: the OS's, thread-safe ---- */
+
+static int os_random(void *p, unsigned char *out, size_t n)
+{
+    (void)p;
+    while (n > 0) {
+        ssize_t k = getrandom(out, n, 0);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            return MBEDTLS_ERR_SSL_INTERNAL_ERROR;
+        }
+        out += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* ---- loading ---- */
+
+__attribute__((format(printf, 5, 6))) static int fail(char *err, size_t errlen,
+                                                      const struct gw_tls_conf *tc, int rc,
+                                                      const char *fmt, ...)
+{
+    char reason[256], why[160] = "";
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof(reason), fmt, ap);
+    va_end(ap);
+    if (rc != 0) {
+        mbedtls_strerror(rc, why, sizeof(why));
+        snprintf(err, errlen, "%s:%d: %s: %s", tc->file, tc->line, reason, why);
+    } else {
+        snprintf(err, errlen, "%s:%d: %s", tc->file, tc->line, reason);
+    }
+    return -1;
+}
+
+static int64_t x509_epoch(const mbedtls_x509_time *t)
+{
+    int64_t y = t->year, m = t->mon, d = t->day;
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return (era * 146097 + doe - 719468) * 86400 + t->hour * 3600 + t->min * 60 + t->sec;
+}
+
+static void add_name(struct tls_cert *c, const unsigned char *p, size_t n)
+{
+    char *s = gw_xmalloc(n + 1);
+    for (size_t i = 0; i < n; i++)
+        s[i] = (char)(p[i] >= 'A' && p[i] <= 'Z' ? p[i] + 32 : p[i]);
+    s[n] = '\0';
+    c->names = gw_xrealloc(c->names, (c->nnames + 1) * sizeof(*c->names));
+    c->names[c->nnames++] = s;
+}
+
+static void cert_names(struct tls_cert *c)
+{
+    for (const mbedtls_x509_sequence *s = &c->crt.subject_alt_names; s != NULL && s->buf.p;
+         s = s->next)
+        if (s->buf.tag == (MBEDTLS_ASN1_CONTEXT_SPECIFIC | MBEDTLS_X509_SAN_DNS_NAME))
+            add_name(c, s->buf.p, s->buf.len);
+    if (c->nnames > 0)
+        return;
+    for (const mbedtls_x509_name *n = &c->crt.subject; n != NULL; n = n->next)
+        if (n->oid.p != NULL && MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &n->oid) == 0)
+            add_name(c, n->val.p, n->val.len);
+}
+
+/* Does the SNI name match a certificate name (exact, or "*.example.com"
+ * for exactly one more label)? */
+static bool name_matches(const char *pattern, const unsigned char *name, size_t n)
+{
+    size_t pl = strlen(pattern);
+
+    if (pattern[0] == '*' && pattern[1] == '.') {
+        const unsigned char *dot = memchr(name, '.', n);
+        if (dot == NULL || dot == name)
+            return false;
+        n -= (size_t)(dot - name); /* compare ".example.com" with ".example.com" */
+        name = dot;
+        pattern++;
+        pl--;
+    }
+    if (pl != n)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = name[i] >= 'A' && name[i] <= 'Z' ? name[i] + 32 : name[i];
+        if (ch != (unsigned char)pattern[i])
+            return false;
+    }
+    return true;
+}
+
+static int on_sni(void *arg, mbedtls_ssl_context *ssl, const unsigned char *name, size_t n)
+{
+    struct gw_tls_ctx *ctx = arg;
+
+    /* exact names first, then wildcards; no match keeps the first cert */
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < ctx->ncerts; i++)
+            for (size_t k = 0; k < ctx->certs[i].nnames; k++) {
+                const char *cn = ctx->certs[i].names[k];
+                if ((cn[0] == '*') == (pass == 1) && name_matches(cn, name, n))
+                    return mbedtls_ssl_set_hs_own_cert(ssl, &ctx->certs[i].crt,
+                                                       &ctx->certs[i].pk);
+            }
+    return 0;
+}
+
+/* AEAD suites with forward secrecy. */
+static const char *const default_suites[] = {
+    "TLS-ECDHE-ECDSA-WITH-AES-256-GCM-SHA384",       "TLS-ECDHE-RSA-WITH-AES-256-GCM-SHA384",
+    "TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256",       "TLS-ECDHE-RSA-WITH-AES-128-GCM-SHA256",
+    "TLS-ECDHE-ECDSA-WITH-CHACHA20-POLY1305-SHA256", "TLS-ECDHE-RSA-WITH-CHACHA20-POLY1305-SHA256",
+    NULL};
+static const char *const default_alpn[] = {"http/1.1", NULL};
+
+static void ctx_free(struct gw_tls_ctx *ctx)
+{
+    if (ctx == NULL)
+        return;
+    mbedtls_ssl_config_free(&ctx->conf);
+    mbedtls_ssl_ticket_free(&ctx->ticket);
+    for (size_t i = 0; i < ctx->ncerts; i++) {
+        mbedtls_x509_crt_free(&ctx->certs[i].crt);
+        mbedtls_pk_free(&ctx->certs[i].pk);
+        for (size_t k = 0; k < ctx->certs[i].nnames; k++)
+            free(ctx->certs[i].names[k]);
+        free(ctx->certs[i].names);
+    }
+    free(ctx->certs);
+    free(ctx->suites);
+    free(ctx->alpn);
+    free(ctx);
+}
+
+static void on_config_free(struct gw_config *cfg)
+{
+    for (size_t i = 0; i < cfg->nlistens; i++) {
+        ctx_free(cfg->listens[i].tls_ctx);
+        cfg->listens[i].tls_ctx = NULL;
+    }
+}
+
+static int load_one(struct gw_listen *l, char *err, size_t errlen)
+{
+    const struct gw_tls_conf *tc = &l->tls;
+    struct gw_tls_ctx *ctx = gw_xcalloc(1, sizeof(*ctx));
+    int64_t now = gw_clock_wall_ms() / 1000;
+    const char *const *names;
+    size_t n;
+    int rc;
+
+    l->tls_ctx = ctx; /* freed with the snapshot, whatever happens below */
+    snprintf(ctx->listener, sizeof(ctx->listener), "%s", l->addr.text);
+    mbedtls_ssl_config_init(&ctx->conf);
+    mbedtls_ssl_ticket_init(&ctx->ticket);
+    ctx->certs = gw_xcalloc(tc->ncerts, sizeof(*ctx->certs));
+    for (size_t i = 0; i < tc->ncerts; i++) {
+        struct tls_cert *c = &ctx->certs[i];
+        mbedtls_x509_crt_init(&c->crt);
+        mbedtls_pk_init(&c->pk);
+        ctx->ncerts++;
+        if ((rc = mbedtls_x509_crt_parse_file(&c->crt, tc->certs[i])) != 0)
+            return fail(err, errlen, tc, rc, "cannot load certificate %s", tc->certs[i]);
+        if ((rc = mbedtls_pk_parse_keyfile(&c->pk, tc->keys[i], NULL)) != 0)
+            return fail(err, errlen, tc, rc, "cannot load key %s", tc->keys[i]);
+        if ((rc = mbedtls_pk_check_pair(&c->crt.pk, &c->pk)) != 0)
+            return fail(err, errlen, tc, rc, "key %s does not match certificate %s",
+                        tc->keys[i], tc->certs[i]);
+        c->not_after = x509_epoch(&c->crt.valid_to);
+        if (c->not_after <= now)
+            return fail(err, errlen, tc, 0, "certificate %s expired on %04d-%02d-%02d",
+                        tc->certs[i], c->crt.valid_to.year, c->crt.valid_to.mon,
+                        c->crt.valid_to.day);
+        if (c->not_after - now < EXPIRY_WARN_S)
+            gw_log_error("%s:%d: warning: certificate %s expires in %lld days", tc->file,
+                         tc->line, tc->certs[i], (long long)((c->not_after - now) / 86400));
+        cert_names(c);
+    }
+    names = tc->ciphers ? (const char *const *)tc->ciphers : default_suites;
+    for (n = 0; names[n] != NULL; n++)
+        ;
+    ctx->suites = gw_xcalloc(n + 1, sizeof(int));
+    for (size_t i = 0; i < n; i++) {
+        ctx->suites[i] = mbedtls_ssl_get_ciphersuite_id(names[i]);
+        if (ctx->suites[i] == 0)
+            return fail(err, errlen, tc, 0, "unknown cipher suite \"%s\" (names as mbedtls "
+                                            "spells them, e.g. TLS-ECDHE-RSA-WITH-AES-128-GCM-SHA256)",
+                        names[i]);
+    }
+    names = tc->alpn ? (const char *const *)tc->alpn : default_alpn;
+    for (n = 0; names[n] != NULL; n++)
+        ;
+    ctx->alpn = gw_xcalloc(n + 1, sizeof(char *));
+    memcpy(ctx->alpn, names, n * sizeof(char *));
+
+    if ((rc = mbedtls_ssl_config_defaults(&ctx->conf, MBEDTLS_SSL_IS_SERVER,
+                                          MBEDTLS_SSL_TRANSPORT_STREAM,
+                                          MBEDTLS_SSL_PRESET_DEFAULT)) != 0)
+        return fail(err, errlen, tc, rc, "TLS setup");
+    mbedtls_ssl_conf_rng(&ctx->conf, os_random, NULL);
+    mbedtls_ssl_conf_min_version(&ctx->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+                                 MBEDTLS_SSL_MINOR_VERSION_3);
+    mbedtls_ssl_conf_ciphersuites(&ctx->conf, ctx->suites);
+    mbedtls_ssl_conf_renegotiation(&ctx->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+    if ((rc = mbedtls_ssl_conf_own_cert(&ctx->conf, &ctx->certs[0].crt, &ctx->certs[0].pk)) != 0)
+        return fail(err, errlen, tc, rc, "certificate %s", tc->certs[0]);
+    mbedtls_ssl_conf_sni(&ctx->conf, on_sni, ctx);
+    if ((rc = mbedtls_ssl_conf_alpn_protocols(&ctx->conf, ctx->alpn)) != 0)
+        return fail(err, errlen, tc, rc, "alpn");
+    if ((rc = mbedtls_ssl_ticket_setup(&ctx->ticket, os_random, NULL, MBEDTLS_CIPHER_AES_256_GCM,
+                                       TICKET_LIFETIME_S)) != 0)
+        return fail(err, errlen, tc, rc, "session tickets");
+    mbedtls_ssl_conf_session_tickets_cb(&ctx->conf, mbedtls_ssl_ticket_write,
+                                        mbedtls_ssl_ticket_parse, &ctx->ticket);
+    return 0;
+}
+
+int gw_tls_load(struct gw_config *cfg, char *err, size_t errlen)
+{
+    gw_config_on_free_tls = on_config_free;
+    for (size_t i = 0; i < cfg->nlistens; i++)
+        if (cfg->listens[i].tls.enabled && load_one(&cfg->listens[i], err, errlen) != 0)
+            return -1;
+    return 0;
+}
+
+void gw_tls_each_cert(const struct gw_config *cfg,
+                      void (*fn)(void *arg, const char *listener, const char *name,
+                                 int64_t not_after),
+                      void *arg)
+{
+    for (size_t i = 0; i < cfg->nlistens; i++) {
+        const struct gw_tls_ctx *ctx = cfg->listens[i].tls_ctx;
+        for (size_t k = 0; ctx != NULL && k < ctx->ncerts; k++)
+            fn(arg, ctx->listener,
+               ctx->certs[k].nnames ? ctx->certs[k].names[0] : cfg->listens[i].tls.certs[k],
+               ctx->certs[k].not_after);
+    }
+}
+
+/* ---- connections ---- */
+
+static void bytes_append(struct bytes *b, const void *p, size_t n)
+{
+    if (b->off > 0 && b->off + b->len + n > b->cap) {
+        memmove(b->p, b->p + b->off, b->len);
+        b->off = 0;
+    }
+    if (b->len + n > b->cap) {
+        size_t want = b->cap ? b->cap : 16384;
+        while (want < b->len + n)
+            want *= 2;
+        b->p = gw_xrealloc(b->p, want);
+        b->cap = want;
+    }
+    memcpy(b->p + b->off + b->len, p, n);
+    b->len += n;
+}
+
+static int bio_send(void *arg, const unsigned char *p, size_t n)
+{
+    struct gw_tls_conn *t = arg;
+    bytes_append(&t->out[t->fill], p, n);
+    return (int)n;
+}
+
+static int bio_recv(void *arg, unsigned char *p, size_t n)
+{
+    struct gw_tls_conn *t = arg;
+
+    if (t->in.len == 0)
+        return MBEDTLS_ERR_SSL_WANT_READ;
+    if (n > t->in.len)
+        n = t->in.len;
+    memcpy(p, t->in.p + t->in.off, n);
+    t->in.off += n;
+    t->in.len -= n;
+    if (t->in.len == 0)
+        t->in.off = 0;
+    return (int)n;
+}
+
+struct gw_tls_conn *gw_tls_conn_new(struct gw_tls_ctx *ctx)
+{
+    struct gw_tls_conn *t = gw_xcalloc(1, sizeof(*t));
+
+    mbedtls_ssl_init(&t->ssl);
+    if (mbedtls_ssl_setup(&t->ssl, &ctx->conf) != 0) {
+        mbedtls_ssl_free(&t->ssl);
+        free(t);
+        return NULL;
+    }
+    mbedtls_ssl_set_bio(&t->ssl, t, bio_send, bio_recv, NULL);
+    return t;
+}
+
+void gw_tls_conn_free(struct gw_tls_conn *t)
+{
+    if (t == NULL)
+        return;
+    mbedtls_ssl_free(&t->ssl);
+    free(t->in.p);
+    free(t->out[0].p);
+    free(t->out[1].p);
+    free(t);
+}
+
+void gw_tls_feed(struct gw_tls_conn *t, const char *p, size_t n)
+{
+    bytes_append(&t->in, p, n);
+    t->fresh_in = true;
+}
+
+enum gw_tls_state gw_tls_handshake(struct gw_tls_conn *t)
+{
+    int rc = mbedtls_ssl_handshake(&t->ssl);
+
+    if (rc == 0)
+        return GW_TLS_OPEN;
+    if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE) {
+        t->fresh_in = false;
+        return GW_TLS_HANDSHAKE;
+    }
+    return GW_TLS_FAILED;
+}
+
+ssize_t gw_tls_read(struct gw_tls_conn *t, char *buf, size_t cap)
+{
+    int rc = mbedtls_ssl_read(&t->ssl, (unsigned char *)buf, cap);
+
+    if (rc > 0)
+        return rc;
+    if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE) {
+        t->fresh_in = false;
+        return 0;
+    }
+    return -1; /* close_notify, EOF or a broken record */
+}
+
+bool gw_tls_pending(const struct gw_tls_conn *t)
+{
+    return mbedtls_ssl_get_bytes_avail(&t->ssl) > 0 || (t->in.len > 0 && t->fresh_in);
+}
+
+int gw_tls_write(struct gw_tls_conn *t, const char *p, size_t n)
+{
+    while (n > 0) {
+        int rc = mbedtls_ssl_write(&t->ssl, (const unsigned char *)p, n);
+        if (rc < 0)
+            return -1;
+        p += rc;
+        n -= (size_t)rc;
+    }
+    return 0;
+}
+
+struct gw_slice gw_tls_out_take(struct gw_tls_conn *t)
+{
+    struct bytes *b;
+
+    if (t->taken || t->out[t->fill].len == 0)
+        return gw_slice(NULL, 0);
+    b = &t->out[t->fill];
+    t->fill ^= 1;
+    t->taken = true;
+    return gw_slice(b->p + b->off, b->len);
+}
+
+bool gw_tls_sent(struct gw_tls_conn *t, size_t n)
+{
+    struct bytes *b = &t->out[t->fill ^ 1];
+
+    b->off += n;
+    b->len -= n;
+    if (b->len > 0)
+        return false;
+    b->off = 0;
+    t->taken = false;
+    return true;
+}
+
+struct gw_slice gw_tls_out_rest(const struct gw_tls_conn *t)
+{
+    const struct bytes *b = &t->out[t->fill ^ 1];
+    return gw_slice(b->p + b->off, b->len);
+}
+
+bool gw_tls_has_out(const struct gw_tls_conn *t)
+{
+    return t->out[t->fill].len > 0;
+}
+
+const char *gw_tls_alpn(const struct gw_tls_conn *t)
+{
+    return mbedtls_ssl_get_alpn_protocol(&t->ssl);
+}

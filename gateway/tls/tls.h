@@ -1,0 +1,70 @@
+/* TLS termination with mbedtls on memory buffers. The worker's ring does
+ * every socket operation; mbedtls only ever sees what was received
+ * (gw_tls_feed) and writes what is to be sent into the connection's output
+ * buffers. A snapshot's TLS listeners get their certificates, keys and
+ * mbedtls configuration from gw_tls_load, which checks them (key matches
+ * certificate, not expired) so that a bad file fails the start or the
+ * reload with its reason. A connection keeps the snapshot it was accepted
+ * on, so a reload with new certificates touches no open connection. */
+#ifndef GW_TLS_TLS_H
+#define GW_TLS_TLS_H
+
+#include "core/buf.h"
+#include "core/config.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Loads and checks the certificates of every TLS listener of cfg. Returns
+ * 0, or -1 with "FILE:LINE: reason" in err. Warnings (expiry within 14
+ * days) go to the log. */
+int gw_tls_load(struct gw_config *cfg, char *err, size_t errlen);
+
+/* Calls fn for every certificate of cfg's TLS listeners (metrics). */
+void gw_tls_each_cert(const struct gw_config *cfg,
+                      void (*fn)(void *arg, const char *listener, const char *name,
+                                 int64_t not_after),
+                      void *arg);
+
+struct gw_tls_conn;
+
+enum gw_tls_state {
+    GW_TLS_HANDSHAKE = 0, /* more bytes are needed */
+    GW_TLS_OPEN,          /* the handshake is done */
+    GW_TLS_FAILED,        /* handshake or record error: close */
+};
+
+struct gw_tls_conn *gw_tls_conn_new(struct gw_tls_ctx *ctx);
+void gw_tls_conn_free(struct gw_tls_conn *t);
+
+/* Ciphertext received from the peer. */
+void gw_tls_feed(struct gw_tls_conn *t, const char *p, size_t n);
+
+/* Advances the handshake as far as the fed bytes allow. */
+enum gw_tls_state gw_tls_handshake(struct gw_tls_conn *t);
+
+/* Decrypted bytes into buf: > 0 bytes, 0 when more ciphertext is needed,
+ * -1 when the peer closed (close_notify) or the stream is broken. */
+ssize_t gw_tls_read(struct gw_tls_conn *t, char *buf, size_t cap);
+
+/* Whether decrypted or undecrypted bytes are held, that a read would use. */
+bool gw_tls_pending(const struct gw_tls_conn *t);
+
+/* Encrypts all of p. Returns 0, or -1 when the connection is broken. */
+int gw_tls_write(struct gw_tls_conn *t, const char *p, size_t n);
+
+/* Ciphertext to send: the buffer to hand to one send, frozen until
+ * gw_tls_sent reports it gone; NULL when nothing waits. */
+struct gw_slice gw_tls_out_take(struct gw_tls_conn *t);
+/* n bytes of the taken buffer were sent; true when all of it was. */
+bool gw_tls_sent(struct gw_tls_conn *t, size_t n);
+/* The rest of the taken buffer, after a short send. */
+struct gw_slice gw_tls_out_rest(const struct gw_tls_conn *t);
+bool gw_tls_has_out(const struct gw_tls_conn *t);
+
+/* The ALPN protocol chosen, or NULL. */
+const char *gw_tls_alpn(const struct gw_tls_conn *t);
+
+#endif

@@ -1,0 +1,241 @@
+"""TLS termination: certificates made here at run time with openssl (no key is committed),
+clients from Python's ssl module. Handshake, ALPN, X-Forwarded-Proto, keep-alive, large bodies
+both ways, SNI selection, plain HTTP and stalled handshakes on the TLS port, certificate swap
+by SIGHUP (and a bad one refused), config errors, metrics."""
+
+import hashlib
+import http.client
+import json
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+
+from gwtest import gateway_settings, render_config, route_block, upstream_block
+from upstream import pattern
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is missing")
+
+
+def run(*args):
+    subprocess.run(args, check=True, capture_output=True)
+
+
+class Certs:
+    """A CA and leaf certificates signed by it, in a directory."""
+
+    def __init__(self, d):
+        self.d = d
+        self.ca = str(d / "ca.crt")
+        run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", str(d / "ca.key"), "-out", self.ca, "-days", "30", "-subj",
+            "/CN=gateway test CA")
+
+    def leaf(self, name, sans, days=30):
+        key, csr, crt = (str(self.d / ("%s.%s" % (name, x))) for x in ("key", "csr", "crt"))
+        ext = self.d / ("%s.ext" % name)
+        ext.write_text("subjectAltName=" + ",".join("DNS:" + s for s in sans) + "\n")
+        run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=%s" % sans[0])
+        run("openssl", "x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey",
+            str(self.d / "ca.key"), "-CAcreateserial", "-out", crt, "-days", str(days),
+            "-extfile", str(ext))
+        return crt, key
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    c = Certs(tmp_path_factory.mktemp("certs"))
+    c.site = c.leaf("site", ["localhost", "site.test"])
+    c.wild = c.leaf("wild", ["*.example.test"])
+    c.other = c.leaf("other", ["localhost"])
+    c.expired = c.leaf("expired", ["localhost"], days=-1)
+    return c
+
+
+def tls_settings(upstream, tls, limits=None):
+    def settings(port, admin_port):
+        s = gateway_settings(port, admin_port, [upstream_block("app", upstream.addr)],
+                             [route_block("default", "app")], limits=limits, workers=2)
+        s["listen"] = [{"address": "127.0.0.1:%d" % port, "tls": tls}]
+        return s
+    return settings
+
+
+def client_ctx(certs, alpn=("h2", "http/1.1")):
+    ctx = ssl.create_default_context(cafile=certs.ca)
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    return ctx
+
+
+class _HostConn(http.client.HTTPSConnection):
+    """An HTTPS connection to 127.0.0.1 whose SNI and check name is host."""
+
+    def __init__(self, port, ctx, host):
+        super().__init__("127.0.0.1", port, timeout=10, context=ctx)
+        self._sni = host
+
+    def connect(self):
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self._sni)
+
+
+def get(gw, certs, path, host="localhost", **kw):
+    c = _HostConn(gw.port, client_ctx(certs), host)
+    try:
+        c.request("GET", path, **kw)
+        r = c.getresponse()
+        return r, r.read()
+    finally:
+        c.close()
+
+
+def peer_names(gw, certs, host):
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        with client_ctx(certs).wrap_socket(s, server_hostname=host) as t:
+            return [v for k, v in t.getpeercert()["subjectAltName"]]
+
+
+def test_handshake_alpn_and_forwarded_proto(gateway_factory, upstream, certs):
+    crt, key = certs.site
+    gw = gateway_factory(settings=tls_settings(upstream, {"cert": crt, "key": key}))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        with client_ctx(certs).wrap_socket(s, server_hostname="localhost") as t:
+            assert t.version() == "TLSv1.2"
+            assert t.selected_alpn_protocol() == "http/1.1"
+            assert "GCM" in t.cipher()[0] or "CHACHA20" in t.cipher()[0]
+    r, body = get(gw, certs, "/echo")
+    assert r.status == 200
+    doc = json.loads(body)
+    assert ["X-Forwarded-Proto", "https"] in doc["headers"]
+    m = gw.metrics()
+    assert m.value("gateway_tls_handshakes_total", listener="127.0.0.1:%d" % gw.port,
+                   result="success") >= 2
+    assert m.value("gateway_tls_handshake_duration_seconds_count") >= 2
+    exp = m.find("gateway_tls_certificate_expiry_timestamp_seconds")
+    assert exp and exp[0][1]["name"] == "localhost" and exp[0][2] > time.time() + 86400 * 20
+
+
+def test_keepalive_and_large_bodies(gateway_factory, upstream, certs):
+    crt, key = certs.site
+    gw = gateway_factory(settings=tls_settings(upstream, {"cert": crt, "key": key}))
+    c = _HostConn(gw.port, client_ctx(certs), "localhost")
+    try:
+        for _ in range(5):
+            c.request("GET", "/ok")
+            r = c.getresponse()
+            assert (r.status, r.read()) == (200, b"ok")
+        first_sock = c.sock
+        n = 10 * 1024 * 1024
+        c.request("GET", "/size/%d" % n)
+        r = c.getresponse()
+        data = r.read()
+        assert len(data) == n and data == pattern(n)
+        up = bytes(range(256)) * (5 * 4096)
+        c.request("POST", "/upload", body=up)
+        r = c.getresponse()
+        doc = json.loads(r.read())
+        assert doc["length"] == len(up) and doc["sha256"] == hashlib.sha256(up).hexdigest()
+        assert c.sock is first_sock, "the connection was not kept"
+    finally:
+        c.close()
+
+
+def test_sni_selects_the_certificate(gateway_factory, upstream, certs):
+    tls = {"certs": [{"cert": certs.site[0], "key": certs.site[1]},
+                     {"cert": certs.wild[0], "key": certs.wild[1]}]}
+    gw = gateway_factory(settings=tls_settings(upstream, tls))
+    assert peer_names(gw, certs, "api.example.test") == ["*.example.test"]
+    assert peer_names(gw, certs, "site.test") == ["localhost", "site.test"]
+    with pytest.raises(ssl.SSLCertVerificationError):
+        peer_names(gw, certs, "unknown.test")  # the first certificate, not valid for it
+    r, body = get(gw, certs, "/ok", host="www.example.test")
+    assert (r.status, body) == (200, b"ok")
+
+
+def test_plain_http_and_stalled_handshakes_are_closed(gateway_factory, upstream, certs):
+    crt, key = certs.site
+    gw = gateway_factory(settings=tls_settings(upstream, {"cert": crt, "key": key},
+                                               limits={"header_timeout_ms": 500}))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        t0 = time.monotonic()
+        got = b""
+        try:
+            while True:
+                piece = s.recv(4096)
+                if not piece:
+                    break
+                got += piece
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - t0 < 3 and b"HTTP/1.1" not in got, \
+            "plain HTTP on the TLS port was not closed (or was answered in plain text)"
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(b"\x16\x03\x01\x00\xc8\x01")  # the first bytes of a ClientHello, then silence
+        t0 = time.monotonic()
+        s.settimeout(5)
+        try:
+            assert s.recv(4096) == b""
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - t0 < 3, "a stalled handshake was not timed out"
+    assert get(gw, certs, "/ok")[0].status == 200
+    assert gw.metrics().value("gateway_tls_handshakes_total", listener="127.0.0.1:%d" % gw.port,
+                              result="failure") >= 1
+
+
+def test_certificate_swap_by_sighup(gateway_factory, upstream, certs):
+    site, other = certs.site, certs.other
+    gw = gateway_factory(settings=tls_settings(upstream, {"cert": site[0], "key": site[1]}))
+    kept = _HostConn(gw.port, client_ctx(certs), "localhost")
+    kept.request("GET", "/ok")
+    assert kept.getresponse().read() == b"ok"
+    assert peer_names(gw, certs, "localhost") == ["localhost", "site.test"]
+    settings = gw.settings_fn(gw.port, gw.admin_port)
+    settings["listen"][0]["tls"] = {"cert": other[0], "key": other[1]}
+    gw.config_path.write_text(render_config(settings))
+    gw.proc.send_signal(signal.SIGHUP)
+    gw.wait_metric("gateway_config_generation", 2)
+    assert peer_names(gw, certs, "localhost") == ["localhost"], "new handshakes use the new cert"
+    kept.request("GET", "/ok")
+    assert kept.getresponse().read() == b"ok", "an open connection was disturbed"
+    kept.close()
+    # a key that does not match its certificate: the reload fails, the old cert stays
+    settings["listen"][0]["tls"] = {"cert": other[0], "key": site[1]}
+    gw.config_path.write_text(render_config(settings))
+    gw.proc.send_signal(signal.SIGHUP)
+    m = gw.wait_metric("gateway_config_reloads_total", 1, result="failure")
+    assert m.value("gateway_config_reloads_total", result="failure") == 1
+    assert "does not match" in gw.stderr()
+    assert peer_names(gw, certs, "localhost") == ["localhost"]
+
+
+def test_websocket_over_tls_is_refused(gateway_factory, upstream, certs):
+    crt, key = certs.site
+    gw = gateway_factory(settings=tls_settings(upstream, {"cert": crt, "key": key}))
+    r, _ = get(gw, certs, "/ws", headers={"Upgrade": "websocket", "Connection": "Upgrade",
+                                          "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                                          "Sec-WebSocket-Version": "13"})
+    assert r.status == 501
+
+
+@pytest.mark.parametrize("case", ["missing", "expired", "mismatch", "cipher"])
+def test_config_errors(gateway_bin, tmp_path, certs, case):
+    crt, key = certs.site
+    tls = {"missing": '{ cert = "/nonexistent.crt"; key = "%s"; }' % key,
+           "expired": '{ cert = "%s"; key = "%s"; }' % certs.expired,
+           "mismatch": '{ cert = "%s"; key = "%s"; }' % (crt, certs.other[1]),
+           "cipher": '{ cert = "%s"; key = "%s"; ciphers = [ "TLS-NOPE" ]; }' % (crt, key)}[case]
+    want = {"missing": "cannot load certificate", "expired": "expired on",
+            "mismatch": "does not match", "cipher": "unknown cipher suite"}[case]
+    conf = tmp_path / "t.conf"
+    conf.write_text('listen = ( { address = "127.0.0.1:1";\n  tls = %s; } );\n' % tls)
+    out = subprocess.run([gateway_bin, "-t", "-c", str(conf)], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "t.conf:2: " in out.stderr and want in out.stderr, out.stderr
