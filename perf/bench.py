@@ -56,7 +56,14 @@ SCENARIOS = {
                      desc="GET 128 B from the proxy's cache (100% hits), keep-alive, 64 conns"),
     "cache16k": dict(path="/cached/16k.bin", conns=64,
                      desc="GET 16 KiB from the proxy's cache (100% hits), keep-alive, 64 conns"),
+    # TLS 1.2 on a second listener of each proxy, same P-256 ECDSA certificate (made at start
+    # with openssl), ECDHE-ECDSA-AES-GCM: keep-alive requests, and a full handshake per request.
+    "tls128": dict(path="/128.bin", conns=64, tls=True,
+                   desc="GET 128 B over TLS 1.2, keep-alive, 64 conns"),
+    "tlsnew": dict(path="/128.bin", conns=32, close=True, tls=True,
+                   desc="GET 128 B over TLS 1.2, a new connection (full handshake) each, 32 conns"),
 }
+TLS_SCENARIOS = [k for k, v in SCENARIOS.items() if v.get("tls")]
 ALL_TARGETS = ["direct", "nginx", "haproxy", "gateway"]
 # The gateway with one policy each, to price it: (route settings, upstream settings) added to
 # perf/conf/gateway.conf. "gateway" itself runs the defaults (deadline header on, one retry on
@@ -447,7 +454,7 @@ def run_wrk(port, scen, duration, procs_by_role, target, scrape=None):
     env["BENCH_CONN_CLOSE"] = "1" if scen.get("close") else "0"
     argv = ["taskset", "-c", WRK_CPU, "wrk", "-t1", "-c%d" % scen["conns"],
             "-d%ds" % duration, "--timeout", "5s", "--latency", "-s", LUA,
-            "http://127.0.0.1:%d%s" % (port, scen["path"])]
+            "%s://127.0.0.1:%d%s" % ("https" if scen.get("tls") else "http", port, scen["path"])]
 
     proxy = procs_by_role.get(target)
     upstream = procs_by_role["upstream"]
@@ -715,24 +722,35 @@ def start_target(name, args, tmp, ports, files):
         if not os.path.exists(nginx):
             return None, "nginx binary not found"
         os.makedirs(os.path.join(tmp, "nginx-proxy-tmp"), exist_ok=True)
+        tls = ("listen 127.0.0.1:%d ssl; ssl_certificate %s/tls.crt; ssl_certificate_key "
+               "%s/tls.key; ssl_protocols TLSv1.2; ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:"
+               "ECDHE-ECDSA-AES256-GCM-SHA384;" % (ports[name + "_tls"], tmp, tmp)) \
+            if args.tls else ""
         cfg = render("proxy-nginx.conf", os.path.join(tmp, "nginx-proxy.conf"),
-                     DIR=tmp, PORT=port, UPPORT=up)
+                     DIR=tmp, PORT=port, UPPORT=up, TLS_LISTEN=tls)
         variants = [["taskset", "-c", PROXY_CPU, nginx, "-p", tmp + "/", "-c", cfg,
                      "-e", os.path.join(tmp, "nginx-proxy-error.log")]]
     elif name == "haproxy":
         hap = shutil.which("haproxy") or "/usr/sbin/haproxy"
         if not os.path.exists(hap):
             return None, "haproxy binary not found"
-        cfg = render("haproxy.cfg", os.path.join(tmp, "haproxy.cfg"), PORT=port, UPPORT=up)
+        tls = ("bind 127.0.0.1:%d ssl crt %s/tls.pem ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2"
+               % (ports[name + "_tls"], tmp)) if args.tls else ""
+        cfg = render("haproxy.cfg", os.path.join(tmp, "haproxy.cfg"), PORT=port, UPPORT=up,
+                     TLS_BIND=tls)
         variants = [["taskset", "-c", PROXY_CPU, hap, "-db", "-f", cfg]]
     elif name == "gateway" or name in GATEWAY_VARIANTS or name in ("gw-alt", "gw-scrape"):
         gw = os.path.abspath(args.alt_bin if name == "gw-alt" else args.gateway_bin)
         if not (os.path.isfile(gw) and os.access(gw, os.X_OK)):
             return None, "binary %s is missing (build it first)" % gw
         route_extra, up_extra = GATEWAY_VARIANTS.get(name, ("", ""))
+        tls = (', { address = "127.0.0.1:%d"; tls = { cert = "%s/tls.crt"; key = "%s/tls.key"; '
+               'ciphers = [ "TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256", '
+               '"TLS-ECDHE-ECDSA-WITH-AES-256-GCM-SHA384" ]; }; }'
+               % (ports[name + "_tls"], tmp, tmp)) if args.tls else ""
         cfg = render("gateway.conf", os.path.join(tmp, name + ".conf"), PORT=port,
                      ADMINPORT=ports[name + "_admin"], UPPORT=up, ROUTE_EXTRA=route_extra,
-                     UPSTREAM_EXTRA=up_extra)
+                     UPSTREAM_EXTRA=up_extra, TLS_LISTEN=tls)
         forms = [args.gateway_args] if args.gateway_args else ["-c {config}", "{config}"]
         variants = [["taskset", "-c", PROXY_CPU, gw] + [w.replace("{config}", cfg) for w in f.split()]
                     for f in forms]
@@ -810,11 +828,32 @@ def main():
                 os.chmod(os.path.join(root, fn), 0o644)
         os.makedirs(os.path.join(tmp, "upstream-tmp"))
 
-        pnames = ["upstream", "nginx", "haproxy", "gateway", "gateway_admin"]
+        pnames = ["upstream", "nginx", "haproxy", "gateway", "gateway_admin", "nginx_tls",
+                  "haproxy_tls", "gateway_tls"]
         for v in EXTRA_TARGETS:
-            pnames += [v, v + "_admin"]
+            pnames += [v, v + "_admin", v + "_tls"]
         ports = dict(zip(pnames, free_ports(len(pnames))))
         ports["direct"] = ports["upstream"]
+        # TLS scenarios: one self-signed P-256 certificate for every proxy (wrk does not verify)
+        args.tls = bool(set(args.scenarios) & set(TLS_SCENARIOS))
+        if args.tls:
+            try:
+                subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                                "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+                                os.path.join(tmp, "tls.key"), "-out",
+                                os.path.join(tmp, "tls.crt"), "-days", "2", "-subj",
+                                "/CN=localhost"], check=True, capture_output=True)
+                with open(os.path.join(tmp, "tls.pem"), "w") as pem:
+                    for part in ("tls.crt", "tls.key"):
+                        with open(os.path.join(tmp, part)) as f:
+                            pem.write(f.read())
+            except (OSError, subprocess.CalledProcessError) as e:
+                args.tls = False
+                for sc in TLS_SCENARIOS:
+                    for t in args.targets:
+                        skipped[(sc, t)] = "no certificate (openssl: %s)" % e
+        for sc in TLS_SCENARIOS:
+            skipped.setdefault((sc, "direct"), "the upstream speaks no TLS")
 
         # upstream on CPU 0
         cfg = render("upstream-nginx.conf", os.path.join(tmp, "upstream.conf"),
@@ -882,7 +921,8 @@ def main():
                     for attempt in range(2):
                         time.sleep(SETTLE_S)
                         try:
-                            r = run_wrk(ports[t], SCENARIOS[sc], args.duration, procs, t,
+                            port = ports[t + "_tls"] if SCENARIOS[sc].get("tls") else ports[t]
+                            r = run_wrk(port, SCENARIOS[sc], args.duration, procs, t,
                                         scrape=(ports[t + "_admin"], args.scrape_ms)
                                         if t == "gw-scrape" else None)
                         except RuntimeError as e:
