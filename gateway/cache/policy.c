@@ -2,6 +2,7 @@
  * blob format. See policy.h. */
 #include "cache/policy.h"
 
+#include "core/clock.h"
 #include "http/parse.h"
 
 #include <string.h>
@@ -124,16 +125,6 @@ void gw_cc_parse(const struct gw_header *h, size_t n, struct gw_cc *cc)
 
 /* ---- dates ---- */
 
-static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
-{
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    unsigned yoe = (unsigned)(y - era * 400);
-    unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + (int64_t)doe - 719468;
-}
-
 static int month_of(const char *p)
 {
     static const char names[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
@@ -218,7 +209,7 @@ int64_t gw_http_date_parse(struct gw_slice v)
     }
     if (d < 1 || d > 31 || h > 23 || mi > 59 || s > 60)
         return -1;
-    return days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + s;
+    return gw_days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + s;
 }
 
 /* ---- requests ---- */

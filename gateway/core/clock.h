@@ -15,6 +15,9 @@ uint64_t gw_clock_us(void);
 /* Wall-clock time in microseconds since the epoch (for log lines). */
 uint64_t gw_clock_wall_us(void);
 
+/* Days from 1970-01-01 to a proleptic Gregorian date (month 1..12). */
+int64_t gw_days_from_civil(int64_t y, unsigned m, unsigned d);
+
 /* Wall clock in milliseconds since the epoch. */
 static inline int64_t gw_clock_wall_ms(void)
 {

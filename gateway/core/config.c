@@ -923,15 +923,14 @@ static int parse_rate_limit(struct ctx *c, const config_setting_t *rg, struct gw
     return 0;
 }
 
+const struct gw_retry_cond gw_retry_conds[GW_RETRY_CONDS] = {
+    {"connect-failure", GW_RETRY_CONNECT_FAILURE},
+    {"reset", GW_RETRY_RESET},
+    {"5xx", GW_RETRY_5XX},
+    {"timeout", GW_RETRY_TIMEOUT}};
+
 static int parse_retry(struct ctx *c, const config_setting_t *g, struct gw_route *r)
 {
-    static const struct {
-        const char *name;
-        unsigned bit;
-    } conds[] = {{"connect-failure", GW_RETRY_CONNECT_FAILURE},
-                 {"reset", GW_RETRY_RESET},
-                 {"5xx", GW_RETRY_5XX},
-                 {"timeout", GW_RETRY_TIMEOUT}};
     const config_setting_t *list;
 
     if (get_u32(c, g, "retries", 0, 10, 1, &r->retries) == -1)
@@ -957,14 +956,14 @@ static int parse_retry(struct ctx *c, const config_setting_t *g, struct gw_route
                             : NULL;
         size_t k;
 
-        for (k = 0; v != NULL && k < sizeof(conds) / sizeof(conds[0]); k++)
-            if (strcmp(v, conds[k].name) == 0)
+        for (k = 0; v != NULL && k < GW_RETRY_CONDS; k++)
+            if (strcmp(v, gw_retry_conds[k].name) == 0)
                 break;
-        if (v == NULL || k == sizeof(conds) / sizeof(conds[0]))
+        if (v == NULL || k == GW_RETRY_CONDS)
             return fail(c, e,
                         "retry_on entries are \"connect-failure\", \"reset\", \"5xx\" or "
                         "\"timeout\"");
-        r->retry_on |= conds[k].bit;
+        r->retry_on |= gw_retry_conds[k].bit;
     }
     return 0;
 }

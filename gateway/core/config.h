@@ -114,6 +114,13 @@ enum {
     GW_RETRY_TIMEOUT = 1 << 3,
 };
 
+/* Their names in the config, in bit order. */
+#define GW_RETRY_CONDS 4
+extern const struct gw_retry_cond {
+    const char *name;
+    unsigned bit;
+} gw_retry_conds[GW_RETRY_CONDS];
+
 struct gw_server {
     struct gw_sockaddr addr;
     unsigned index;        /* position in gw_config.servers (all upstreams) */

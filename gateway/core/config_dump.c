@@ -188,13 +188,6 @@ static void put_cache(FILE *f, const struct gw_cache_conf *cc)
 
 static void put_route(FILE *f, const struct gw_route *r)
 {
-    static const struct {
-        const char *name;
-        unsigned bit;
-    } conds[] = {{"connect-failure", GW_RETRY_CONNECT_FAILURE},
-                 {"reset", GW_RETRY_RESET},
-                 {"5xx", GW_RETRY_5XX},
-                 {"timeout", GW_RETRY_TIMEOUT}};
     const char *ind = "      ";
     bool first = true;
 
@@ -219,10 +212,10 @@ static void put_route(FILE *f, const struct gw_route *r)
         put_kstr(f, ind, "deadline_header", r->deadline_header);
     put_u(f, ind, "retries", r->retries);
     fprintf(f, "%sretry_on = [ ", ind);
-    for (size_t i = 0; i < sizeof(conds) / sizeof(conds[0]); i++) {
-        if (!(r->retry_on & conds[i].bit))
+    for (size_t i = 0; i < GW_RETRY_CONDS; i++) {
+        if (!(r->retry_on & gw_retry_conds[i].bit))
             continue;
-        fprintf(f, "%s\"%s\"", first ? "" : ", ", conds[i].name);
+        fprintf(f, "%s\"%s\"", first ? "" : ", ", gw_retry_conds[i].name);
         first = false;
     }
     fputs(first ? "];\n" : " ];\n", f);

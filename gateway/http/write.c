@@ -318,6 +318,21 @@ ssize_t gw_http_write_request_head(char *out, size_t cap, const struct gw_reques
     return finish(&o, out);
 }
 
+/* "HTTP/1.1 STATUS REASON" (the upstream's reason, else the standard one). */
+static void put_status_line(struct out *o, const struct gw_response *resp)
+{
+    PUT_LIT(o, "HTTP/1.1 ");
+    put_uint(o, (uint64_t)resp->status);
+    PUT_LIT(o, " ");
+    if (resp->reason.len) {
+        put_slice(o, resp->reason);
+    } else {
+        const char *r = gw_http_reason(resp->status);
+        put(o, r, strlen(r));
+    }
+    PUT_LIT(o, "\r\n");
+}
+
 ssize_t gw_http_write_response_head(char *out, size_t cap, const struct gw_response *resp,
                                     struct gw_slice request_id, bool close, int client_minor)
 {
@@ -327,16 +342,7 @@ ssize_t gw_http_write_response_head(char *out, size_t cap, const struct gw_respo
     bool have_rid = false;
 
     scan_fields(&s, resp->headers, resp->nheaders);
-    PUT_LIT(&o, "HTTP/1.1 ");
-    put_uint(&o, (uint64_t)resp->status);
-    PUT_LIT(&o, " ");
-    if (resp->reason.len) {
-        put_slice(&o, resp->reason);
-    } else {
-        const char *r = gw_http_reason(resp->status);
-        put(&o, r, strlen(r));
-    }
-    PUT_LIT(&o, "\r\n");
+    put_status_line(&o, resp);
     for (size_t i = 0; i < resp->nheaders; i++) {
         const struct gw_header *h = &resp->headers[i];
         switch (s.kind[i]) {
@@ -386,16 +392,7 @@ ssize_t gw_http_write_stored_head(char *out, size_t cap, const struct gw_respons
     struct scan s;
 
     scan_fields(&s, resp->headers, resp->nheaders);
-    PUT_LIT(&o, "HTTP/1.1 ");
-    put_uint(&o, (uint64_t)resp->status);
-    PUT_LIT(&o, " ");
-    if (resp->reason.len) {
-        put_slice(&o, resp->reason);
-    } else {
-        const char *r = gw_http_reason(resp->status);
-        put(&o, r, strlen(r));
-    }
-    PUT_LIT(&o, "\r\n");
+    put_status_line(&o, resp);
     for (size_t i = 0; i < resp->nheaders; i++) {
         const struct gw_header *h = &resp->headers[i];
         if (s.kind[i] != F_OTHER || listed(&s, h->name))

@@ -1646,6 +1646,39 @@ static struct gw_slice client_address(const struct gw_conn *c, const struct gw_c
 
 /* Takes a token from the route's bucket for this request. Returns false
  * after answering 429. */
+/* A Redis command whose reply goes on with r: r->l2_wait is the record the
+ * reply finds r through (cache_unpark clears it if r ends first). False
+ * when Redis cannot be asked. */
+static bool redis_wait(struct gw_req *r, gw_redis_cb *cb, int argc, const char **argv,
+                       const size_t *len)
+{
+    struct gw_wctx *w = r->c->w;
+    struct gw_l2_wait *wt = w->free_l2_waits;
+
+    if (wt != NULL)
+        w->free_l2_waits = wt->next;
+    else
+        wt = gw_xmalloc(sizeof(*wt));
+    wt->r = r;
+    if (!gw_redis_command(&w->redis, cb, wt, argc, argv, len)) {
+        wt->next = w->free_l2_waits;
+        w->free_l2_waits = wt;
+        return false;
+    }
+    r->l2_wait = wt;
+    return true;
+}
+
+/* The reply for r came: its record goes back to the free list. */
+static void redis_wait_done(struct gw_req *r, struct gw_l2_wait *wt)
+{
+    struct gw_wctx *w = r->c->w;
+
+    r->l2_wait = NULL;
+    wt->next = w->free_l2_waits;
+    w->free_l2_waits = wt;
+}
+
 enum rl_verdict {
     RL_ADMIT,
     RL_REJECT, /* answered 429 */
@@ -1707,7 +1740,6 @@ static bool rl_ask_redis(struct gw_req *r, struct gw_slice key, char kind, size_
     char rkey[320], interval[32], burst[16];
     const char *argv[6];
     size_t len[6];
-    struct gw_l2_wait *wt;
     int n;
 
     if (!w->redis_on || !gw_redis_up(&w->redis))
@@ -1742,18 +1774,8 @@ static bool rl_ask_redis(struct gw_req *r, struct gw_slice key, char kind, size_
     argv[4] = interval, len[4] = (size_t)snprintf(interval, sizeof(interval), "%.3f",
                                                  1e6 / rc->rate);
     argv[5] = burst, len[5] = (size_t)snprintf(burst, sizeof(burst), "%u", rc->burst);
-    wt = w->free_l2_waits;
-    if (wt != NULL)
-        w->free_l2_waits = wt->next;
-    else
-        wt = gw_xmalloc(sizeof(*wt));
-    wt->r = r;
-    if (!gw_redis_command(&w->redis, on_gl_reply, wt, 6, argv, len)) {
-        wt->next = w->free_l2_waits;
-        w->free_l2_waits = wt;
+    if (!redis_wait(r, on_gl_reply, 6, argv, len))
         return false;
-    }
-    r->l2_wait = wt;
     r->gl_head_len = head_len;
     return true;
 }
@@ -1812,6 +1834,23 @@ static enum rl_verdict rate_limit_check(struct gw_req *r, const struct gw_reques
     return RL_REJECT;
 }
 
+/* Applies the rate limit and goes on with the request if it is admitted;
+ * a pending (Redis) verdict goes on from on_gl_reply, with the head still
+ * in c->in. */
+static void rl_decide(struct gw_req *r, const struct gw_request *q, size_t head_len)
+{
+    switch (rate_limit_check(r, q, head_len)) {
+    case RL_REJECT:
+        gw_buf_consume(&r->c->in, head_len);
+        return;
+    case RL_PENDING:
+        return;
+    case RL_ADMIT:
+        break;
+    }
+    req_continue(r, q, head_len);
+}
+
 static int64_t reply_int(const redisReply *a, size_t i)
 {
     return a->element[i]->type == REDIS_REPLY_INTEGER ? (int64_t)a->element[i]->integer : -1;
@@ -1837,9 +1876,7 @@ static void on_gl_reply(void *arg, const redisReply *reply)
     c = r->c;
     w = c->w;
     rc = &r->route->rate_limit;
-    r->l2_wait = NULL;
-    wt->next = w->free_l2_waits;
-    w->free_l2_waits = wt;
+    redis_wait_done(r, wt);
     head_len = r->gl_head_len;
     if (gw_http_parse_request(gw_buf_head(&c->in), c->in.len,
                               r->cfgref->cfg->limits.max_header_bytes, &w->preq) !=
@@ -1853,30 +1890,13 @@ static void on_gl_reply(void *arg, const redisReply *reply)
         /* Redis lost the script (restart, SCRIPT FLUSH): ask again with it */
         w->rl_sha_ok = false;
         r->gl_done = false;
-        switch (rate_limit_check(r, q, head_len)) {
-        case RL_REJECT:
-            gw_buf_consume(&c->in, head_len);
-            return;
-        case RL_PENDING:
-            return;
-        case RL_ADMIT:
-            break;
-        }
-        req_continue(r, q, head_len);
+        rl_decide(r, q, head_len);
         return;
     }
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 ||
         reply_int(reply, 0) < 0) {
         gw_stat_add(&w->stats->routes[r->route_slot]->ratelimit_fallback, 1);
-        switch (rate_limit_check(r, q, head_len)) {
-        case RL_REJECT:
-            gw_buf_consume(&c->in, head_len);
-            return;
-        case RL_PENDING: /* not again: gl_done is set */
-        case RL_ADMIT:
-            break;
-        }
-        req_continue(r, q, head_len);
+        rl_decide(r, q, head_len); /* the local bucket: gl_done is set */
         return;
     }
     if (reply_int(reply, 0) == 0) {
@@ -2402,9 +2422,7 @@ static void on_l2_reply(void *arg, const redisReply *reply)
         return;
     }
     w = r->c->w;
-    r->l2_wait = NULL;
-    wt->next = w->free_l2_waits;
-    w->free_l2_waits = wt;
+    redis_wait_done(r, wt);
     if (reply == NULL || reply->type != REDIS_REPLY_STRING) {
         cache_park_or_start(r);
         return;
@@ -2452,20 +2470,10 @@ static void cache_park_or_start(struct gw_req *r)
         char key[GW_CACHE_KEY_MAX + 8];
         const char *argv[2] = {"GET", key};
         size_t len[2] = {3, l2_key(r, key, sizeof(key))};
-        struct gw_l2_wait *wt = w->free_l2_waits;
 
         r->l2_done = true;
-        if (wt != NULL)
-            w->free_l2_waits = wt->next;
-        else
-            wt = gw_xmalloc(sizeof(*wt));
-        wt->r = r;
-        if (len[1] > 0 && gw_redis_command(&w->redis, on_l2_reply, wt, 2, argv, len)) {
-            r->l2_wait = wt;
+        if (len[1] > 0 && redis_wait(r, on_l2_reply, 2, argv, len))
             return;
-        }
-        wt->next = w->free_l2_waits;
-        w->free_l2_waits = wt;
     }
 
     if (r->cache_park && (f = fill_find(w, r)) != NULL) {
@@ -2561,16 +2569,7 @@ static void req_start(struct gw_conn *c, size_t head_len)
     }
     r->counted_active = true;
     w->reqs_active++;
-    switch (rate_limit_check(r, q, head_len)) {
-    case RL_REJECT:
-        gw_buf_consume(&c->in, head_len);
-        return;
-    case RL_PENDING:
-        return; /* Redis decides; on_gl_reply goes on from the head still in c->in */
-    case RL_ADMIT:
-        break;
-    }
-    req_continue(r, q, head_len);
+    rl_decide(r, q, head_len);
 }
 
 /* The request past its limits: budget, cache, the upstream request head,

@@ -98,13 +98,8 @@ __attribute__((format(printf, 5, 6))) static int fail(char *err, size_t errlen,
 
 static int64_t x509_epoch(const mbedtls_x509_time *t)
 {
-    int64_t y = t->year, m = t->mon, d = t->day;
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    int64_t yoe = y - era * 400;
-    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return (era * 146097 + doe - 719468) * 86400 + t->hour * 3600 + t->min * 60 + t->sec;
+    return gw_days_from_civil(t->year, (unsigned)t->mon, (unsigned)t->day) * 86400 +
+           t->hour * 3600 + t->min * 60 + t->sec;
 }
 
 static void add_name(struct tls_cert *c, const unsigned char *p, size_t n)
