@@ -30,6 +30,14 @@ static struct cmd *free_cmds(struct gw_redis *r)
 
 static void start_connect(struct gw_redis *r);
 
+/* Commands queued since the last write leave with this one. */
+static void count_write(struct gw_redis *r)
+{
+    if (r->unflushed > 0 && r->stats.depth != NULL)
+        r->stats.depth(r->stats.depth_ctx, r->unflushed);
+    r->unflushed = 0;
+}
+
 static void arm_poll(struct gw_redis *r, bool write)
 {
     struct io_uring_sqe *sqe;
@@ -255,6 +263,8 @@ static void on_write_ready(struct gw_op *op, int res, unsigned flags)
     r->write_armed = false;
     if (r->ac == NULL)
         return;
+    if (!r->connecting)
+        count_write(r);
     redisAsyncHandleWrite(r->ac);
     if (r->ac != NULL && r->want_write)
         arm_poll(r, true);
@@ -389,9 +399,7 @@ void gw_redis_flush(struct gw_redis *r)
 {
     if (r->ac == NULL || r->connecting || !r->want_write || r->write_armed)
         return;
-    if (r->unflushed > 0 && r->stats.depth != NULL)
-        r->stats.depth(r->stats.depth_ctx, r->unflushed);
-    r->unflushed = 0;
+    count_write(r);
     redisAsyncHandleWrite(r->ac);
     /* a short write (EAGAIN) leaves hiredis wanting to write: wait for room */
     if (r->ac != NULL && r->want_write)
