@@ -507,3 +507,27 @@ def parse_metrics(text):
         m.samples.append((s.group(1), labels, _float(s.group(4)), no))
         m.first_sample_line.setdefault(s.group(1), no)
     return m
+
+
+def wait_until(pred, timeout=5.0):
+    """Polls pred until it is true (True) or timeout seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def connect_refused(port):
+    """Whether a TCP connect to 127.0.0.1:port is refused."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+
+
+def wait_redis_up(gw, want=1, timeout=5.0):
+    """Waits until gateway_redis_up is want; whether it got there."""
+    return wait_until(lambda: gw.metrics().value("gateway_redis_up") == want, timeout)

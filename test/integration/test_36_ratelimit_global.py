@@ -5,7 +5,7 @@ local bucket stands in and that is counted."""
 import subprocess
 import time
 
-from gwtest import route_block
+from gwtest import route_block, wait_redis_up
 
 
 def limited_gateway(gateway_factory, upstream, redis, name, scope="global", **rl):
@@ -16,19 +16,12 @@ def limited_gateway(gateway_factory, upstream, redis, name, scope="global", **rl
                            redis={"address": redis.addr, "timeout_ms": 200})
 
 
-def wait_up(gw, want=1, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if gw.metrics().value("gateway_redis_up") == want:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_two_gateways_share_one_limit(gateway_factory, upstream, redis_server):
     a = limited_gateway(gateway_factory, upstream, redis_server, "a")
     b = limited_gateway(gateway_factory, upstream, redis_server, "b")
-    assert wait_up(a) and wait_up(b)
+    assert wait_redis_up(a) and wait_redis_up(b)
     t0 = time.monotonic()
     statuses = [(a if i % 2 else b).get("/ok").status for i in range(20)]
     took = time.monotonic() - t0
@@ -58,7 +51,7 @@ def test_script_lost_by_redis(gateway_factory, upstream, redis_server):
     """After the first check the gateway sends EVALSHA; when Redis no longer has the script
     (SCRIPT FLUSH, a restart) the check is made again with the script, not dropped."""
     a = limited_gateway(gateway_factory, upstream, redis_server, "a", rate=1.0, burst=3)
-    assert wait_up(a)
+    assert wait_redis_up(a)
     assert [a.get("/ok").status for _ in range(3)] == [200, 200, 200]
     assert calls(redis_server, "evalsha") >= 1, "still sending the script every time"
     redis_server.command("SCRIPT", "FLUSH")
@@ -79,7 +72,7 @@ def test_local_scope_is_per_process(gateway_factory, upstream, redis_server):
 def test_keys_by_client_and_header(gateway_factory, upstream, redis_server):
     a = limited_gateway(gateway_factory, upstream, redis_server, "a", key="header:X-Api-Key",
                         burst=2, rate=0.5)
-    assert wait_up(a)
+    assert wait_redis_up(a)
     s1 = [a.get("/ok", headers={"X-Api-Key": "one"}).status for _ in range(4)]
     s2 = [a.get("/ok", headers={"X-Api-Key": "two"}).status for _ in range(4)]
     assert s1 == [200, 200, 429, 429] and s2 == [200, 200, 429, 429], (s1, s2)
@@ -89,7 +82,7 @@ def test_keys_by_client_and_header(gateway_factory, upstream, redis_server):
 
 def test_falls_back_to_the_local_bucket(gateway_factory, upstream, redis_server):
     a = limited_gateway(gateway_factory, upstream, redis_server, "a")
-    assert wait_up(a)
+    assert wait_redis_up(a)
     redis_server.stop()
     statuses = [a.get("/ok").status for _ in range(12)]
     assert statuses.count(200) >= 5 and statuses.count(429) >= 1, statuses

@@ -37,7 +37,8 @@ def test_hit_after_miss(gateway_factory, upstream):
     assert r2.header("X-Upstream") == "app" and r2.header("X-Request-Id")
     assert r2.header("X-Request-Id") != r1.header("X-Request-Id")
     assert upstream.cache_count("a") == 1
-    m = gw.metrics()
+    # counters are updated after the response is written
+    m = gw.wait_metric("gateway_cache_requests_total", 1, route="default", result="hit")
     assert m.value("gateway_cache_requests_total", route="default", result="hit") == 1
     assert m.value("gateway_cache_requests_total", route="default", result="miss") == 1
     assert m.value("gateway_cache_bytes_stored_total") == 3
@@ -120,7 +121,7 @@ def test_request_directives(gateway_factory, upstream):
     assert r.header("X-Cache") == "BYPASS"
     r = gw.get(p, headers={"Authorization": "Bearer t"})
     assert r.header("X-Cache") == "BYPASS"
-    m = gw.metrics()
+    m = gw.wait_metric("gateway_cache_requests_total", 3, route="default", result="bypass")
     assert m.value("gateway_cache_requests_total", route="default", result="bypass") == 3
 
 
@@ -242,8 +243,9 @@ def test_stale_if_error(gateway_factory, upstream):
     upstream.fail(None)
     r = gw.get(p)
     assert (r.status, r.header("X-Cache")) == (200, "MISS")
-    assert gw.metrics().value("gateway_cache_requests_total", route="default",
-                              result="stale") == 1
+    assert gw.wait_metric("gateway_cache_requests_total", 1, route="default",
+                          result="stale").value("gateway_cache_requests_total", route="default",
+                                                result="stale") == 1
 
 
 def test_stale_if_error_when_the_upstream_is_gone(gateway_factory, upstream_factory):

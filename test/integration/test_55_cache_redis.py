@@ -3,19 +3,14 @@ corrupt or truncated values are misses, Redis going away costs no request (and
 gateway_redis_up says so), PURGE removes the Redis copy, AUTH and unix sockets, and the
 pipeline depth histogram."""
 
-import os
 import signal
-import socket
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote_plus
 
-import pytest
 
 from conftest import RedisServer
-from gwtest import route_block
-from upstream import free_port
+from gwtest import route_block, wait_redis_up
 
 
 def path(name, *headers, **params):
@@ -34,13 +29,6 @@ def redis_gateway(gateway_factory, upstream, redis, workers=1, name=None, l1_ttl
                            cache={"l1_ttl_s": l1_ttl_s})
 
 
-def wait_up(gw, want=1, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if gw.metrics().value("gateway_redis_up") == want:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def wait_keys(redis, n=1, timeout=5.0):
@@ -56,7 +44,7 @@ def wait_keys(redis, n=1, timeout=5.0):
 def test_two_gateways_share_entries(gateway_factory, upstream, redis_server):
     a = redis_gateway(gateway_factory, upstream, redis_server, name="a")
     b = redis_gateway(gateway_factory, upstream, redis_server, name="b")
-    assert wait_up(a) and wait_up(b)
+    assert wait_redis_up(a) and wait_redis_up(b)
     p = path("sh", "Cache-Control: max-age=60")
     assert a.get(p).header("X-Cache") == "MISS"
     keys = wait_keys(redis_server)
@@ -66,7 +54,8 @@ def test_two_gateways_share_entries(gateway_factory, upstream, redis_server):
     r = b.get(p)
     assert (r.header("X-Cache"), r.body) == ("HIT", b"sh 1"), "the second gateway read Redis"
     assert upstream.cache_count("sh") == 1
-    m = b.metrics()
+    # counters are updated after the response is written
+    m = b.wait_metric("gateway_cache_requests_total", 1, route="default", result="hit")
     assert m.value("gateway_cache_requests_total", route="default", result="hit") == 1
     cfg = b.admin("/config").json()
     assert cfg["redis"] == {"address": redis_server.addr, "up": True}
@@ -77,7 +66,7 @@ def test_two_gateways_share_entries(gateway_factory, upstream, redis_server):
 def test_corrupt_and_truncated_values_are_misses(gateway_factory, upstream, redis_server):
     gw = redis_gateway(gateway_factory, upstream, redis_server)
     other = redis_gateway(gateway_factory, upstream, redis_server, name="other")
-    assert wait_up(gw) and wait_up(other)
+    assert wait_redis_up(gw) and wait_redis_up(other)
     p = path("cv", "Cache-Control: max-age=60")
     gw.get(p)
     key = wait_keys(redis_server)[0]
@@ -95,33 +84,37 @@ def test_corrupt_and_truncated_values_are_misses(gateway_factory, upstream, redi
     flipped[len(flipped) // 2] ^= 0x40
     redis_server.command("SET", key, bytes(flipped))
     third = redis_gateway(gateway_factory, upstream, redis_server, name="third")
-    assert wait_up(third)
+    assert wait_redis_up(third)
     r = third.get(p)
     assert (r.status, r.body) == (200, b"cv 3"), "a corrupt value was served"
+    deadline = time.monotonic() + 5
+    while redis_server.command("GET", key, raw=True) == bytes(flipped):
+        assert time.monotonic() < deadline  # third stores its fresh copy after answering
+        time.sleep(0.005)
     redis_server.command("SET", key, "not an entry at all")
     fourth = redis_gateway(gateway_factory, upstream, redis_server, name="fourth")
-    assert wait_up(fourth)
+    assert wait_redis_up(fourth)
     assert fourth.get(p).body == b"cv 4"
-    assert other.metrics().value("gateway_cache_l2_errors_total") == 1
-    assert other.metrics().value("gateway_cache_requests_total", route="default",
-                                 result="error") == 1
+    m = other.wait_metric("gateway_cache_requests_total", 1, route="default", result="error")
+    assert m.value("gateway_cache_l2_errors_total") == 1
+    assert m.value("gateway_cache_requests_total", route="default", result="error") == 1
 
 
 def test_redis_going_away_costs_no_request(gateway_factory, upstream, redis_server):
     gw = redis_gateway(gateway_factory, upstream, redis_server, workers=2, l1_ttl_s=1)
-    assert wait_up(gw)
+    assert wait_redis_up(gw)
     p = path("rg", "Cache-Control: max-age=60")
     gw.get(p)
     redis_server.stop()
     statuses = [gw.get(path("rg%d" % i, "Cache-Control: max-age=60")).status
                 for i in range(20)]
     assert statuses == [200] * 20
-    assert wait_up(gw, 0), "gateway_redis_up still says 1"
+    assert wait_redis_up(gw, 0), "gateway_redis_up still says 1"
     statuses = [gw.get(path("rh%d" % i, "Cache-Control: max-age=60")).status
                 for i in range(20)]
     assert statuses == [200] * 20
     redis_server.restart()
-    assert wait_up(gw, 1, timeout=15), "did not reconnect"
+    assert wait_redis_up(gw, 1, timeout=15), "did not reconnect"
     q = path("after", "Cache-Control: max-age=60")
     gw.get(q)
     deadline = time.monotonic() + 5
@@ -132,23 +125,23 @@ def test_redis_going_away_costs_no_request(gateway_factory, upstream, redis_serv
 
 def test_slow_redis_times_out(gateway_factory, upstream, redis_server):
     gw = redis_gateway(gateway_factory, upstream, redis_server, timeout_ms=100)
-    assert wait_up(gw)
+    assert wait_redis_up(gw)
     redis_server.proc.send_signal(signal.SIGSTOP)
     try:
         t0 = time.monotonic()
         r = gw.get(path("slow", "Cache-Control: max-age=60"))
         assert r.status == 200 and time.monotonic() - t0 < 2
-        assert wait_up(gw, 0)
+        assert wait_redis_up(gw, 0)
         assert gw.get(path("slow2")).status == 200
     finally:
         redis_server.proc.send_signal(signal.SIGCONT)
-    assert wait_up(gw, 1, timeout=15)
+    assert wait_redis_up(gw, 1, timeout=15)
 
 
 def test_purge_removes_the_redis_copy(gateway_factory, upstream, redis_server):
     a = redis_gateway(gateway_factory, upstream, redis_server, name="a", l1_ttl_s=1)
     b = redis_gateway(gateway_factory, upstream, redis_server, name="b", l1_ttl_s=1)
-    assert wait_up(a) and wait_up(b)
+    assert wait_redis_up(a) and wait_redis_up(b)
     p = path("pr", "Cache-Control: max-age=60")
     a.get(p)
     wait_keys(redis_server)
@@ -167,7 +160,7 @@ def test_auth_and_db(gateway_factory, upstream, tmp_path):
     srv = RedisServer(tmp_path, extra=["--requirepass", "s3cret"])
     try:
         gw = redis_gateway(gateway_factory, upstream, srv, password="s3cret", db=3)
-        assert wait_up(gw)
+        assert wait_redis_up(gw)
         gw.get(path("au", "Cache-Control: max-age=60"))
         deadline = time.monotonic() + 5
         while not srv.command("KEYS", "gwc1:*", db=3):
@@ -188,7 +181,7 @@ def test_unix_socket(gateway_factory, upstream, tmp_path):
     srv = RedisServer(tmp_path, extra=["--unixsocket", sock, "--unixsocketperm", "700"])
     try:
         gw = redis_gateway(gateway_factory, upstream, "unix:" + sock)
-        assert wait_up(gw)
+        assert wait_redis_up(gw)
         gw.get(path("ux", "Cache-Control: max-age=60"))
         assert len(wait_keys(srv)) == 1
     finally:
@@ -198,7 +191,7 @@ def test_unix_socket(gateway_factory, upstream, tmp_path):
 def test_pipelining_under_load(gateway_factory, upstream, redis_server):
     """Concurrent misses of distinct keys: their GETs share writes (depth above 1)."""
     gw = redis_gateway(gateway_factory, upstream, redis_server, workers=1)
-    assert wait_up(gw)
+    assert wait_redis_up(gw)
 
     def one(i):
         return gw.get(path("pl%d" % i, "Cache-Control: max-age=60")).status
@@ -221,9 +214,9 @@ def test_reload_moves_to_another_redis(gateway_factory, upstream, redis_server, 
     second = RedisServer(tmp_path)
     try:
         gw = redis_gateway(gateway_factory, upstream, redis_server, workers=2)
-        assert wait_up(gw)
+        assert wait_redis_up(gw)
         gw.reload(lambda s: s["redis"].update(address=second.addr))
-        assert wait_up(gw)
+        assert wait_redis_up(gw)
         gw.get(path("mv", "Cache-Control: max-age=60"))
         assert len(wait_keys(second)) == 1
         assert redis_server.command("KEYS", "gwc1:*") == []

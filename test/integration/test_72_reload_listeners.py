@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from gwtest import render_config
+from gwtest import connect_refused, render_config, wait_until
 from upstream import free_port
 
 
@@ -15,21 +15,8 @@ def listen_on(*ports):
     return [{"address": "127.0.0.1:%d" % p} for p in ports]
 
 
-def connect_refused(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return False
-    except ConnectionRefusedError:
-        return True
 
 
-def wait_until(pred, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def get_status(port, path="/ok"):

@@ -10,24 +10,12 @@ import socket
 import threading
 import time
 
+from gwtest import connect_refused, wait_until
 from rawhttp import SockReader
 
 
-def wait_until(pred, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
-def refused(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return False
-    except ConnectionRefusedError:
-        return True
 
 
 def up(upstream):
@@ -77,7 +65,7 @@ def test_drain_finishes_in_flight_and_exits_zero(gateway_factory, upstream):
     gw.proc.send_signal(signal.SIGTERM)
 
     assert wait_until(lambda: gw.admin("/readyz").status == 503, 2), "readyz still ready"
-    assert wait_until(lambda: refused(gw.port), 2), "the listener still accepts"
+    assert wait_until(lambda: connect_refused(gw.port), 2), "the listener still accepts"
     assert eof(idle), "an idle keep-alive connection was left open"
 
     status, headers, body = read_response(busy)
@@ -127,7 +115,7 @@ def test_websocket_tunnel_survives_drain(gateway_factory, upstream):
     head = r.read_head(time.monotonic() + 10)
     assert head is not None and b" 101 " in head.split(b"\r\n")[0], head
     gw.proc.send_signal(signal.SIGTERM)
-    assert wait_until(lambda: refused(gw.port), 2)
+    assert wait_until(lambda: connect_refused(gw.port), 2)
     for i in range(3):
         msg = b"still here %d" % i
         s.sendall(msg)
