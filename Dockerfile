@@ -21,11 +21,13 @@ RUN meson setup /build --buildtype=release \
  && meson compile -C /build gateway \
  && install -D -m 0755 -s /build/gateway/gateway /out/gateway
 
-# ---- runtime stage: the binary and its shared libraries, nothing else
+# ---- runtime stage: the binary, its shared libraries and the CA bundle that
+# upstreams.tls verifies against by default
 FROM debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         liburing2 libconfig9 libhiredis0.14 libmbedtls14 libmbedx509-1 libmbedcrypto7 \
+        ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin gateway

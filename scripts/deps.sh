@@ -14,8 +14,10 @@ set -euo pipefail
 build_pkgs=(build-essential pkg-config meson ninja-build liburing-dev libconfig-dev libhiredis-dev
             libmbedtls-dev python3)
 # python3-yaml reads scripts/k8s/gateway.yaml and strace lists the gateway's system
-# calls against conf/seccomp.json (test/integration/test_95_container.py).
-test_pkgs=(python3-pytest python3-prometheus-client python3-yaml curl redis-server strace)
+# calls against conf/seccomp.json (test/integration/test_95_container.py); ca-certificates is
+# the default CA bundle of upstreams.tls, which `gateway -T` loads in test_03.
+test_pkgs=(python3-pytest python3-prometheus-client python3-yaml curl redis-server strace
+           ca-certificates)
 # clang builds test/fuzz_parse (libFuzzer + ASan/UBSan); on bookworm the
 # fuzzer and sanitizer runtimes are in libclang-rt-dev, which clang only
 # recommends. Optional: the fuzz stage is skipped without them.

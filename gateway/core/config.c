@@ -43,7 +43,9 @@ static const char *const limits_keys[] = {"max_header_bytes",  "max_body_bytes",
                                           "max_connections",   NULL};
 static const char *const upstream_keys[] = {
     "name",    "servers",      "balance",     "keepalive", "connect_timeout_ms",
-    "breaker", "max_requests", "max_pending", NULL};
+    "breaker", "max_requests", "max_pending", "tls", NULL};
+static const char *const upstream_tls_keys[] = {"verify", "ca",  "sni",     "cert",
+                                                "key",    "ciphers", NULL};
 static const char *const breaker_keys[] = {"failures",     "error_rate", "window_ms",
                                            "min_requests", "open_ms",    "half_open_requests",
                                            "failure_status", NULL};
@@ -456,6 +458,59 @@ static int parse_tls(struct ctx *c, const config_setting_t *lg, struct gw_tls_co
     return 0;
 }
 
+static bool valid_hostname(const char *s);
+
+static int parse_upstream_tls(struct ctx *c, const config_setting_t *ug,
+                              struct gw_upstream_tls_conf *t)
+{
+    const config_setting_t *g, *s;
+    const char *v;
+
+    if (get_group(c, ug, "tls", &g) == -1)
+        return -1;
+    if (g == NULL)
+        return 0;
+    if (check_keys(c, g, upstream_tls_keys, "upstream tls") == -1)
+        return -1;
+    t->enabled = true;
+    t->file = gw_xstrdup(config_setting_source_file(g) ? config_setting_source_file(g) : c->path);
+    t->line = config_setting_source_line(g);
+    if (get_bool(c, g, "verify", true, &t->verify) == -1)
+        return -1;
+    if (get_string(c, g, "ca", &v, &s) == -1)
+        return -1;
+    if (v != NULL) {
+        if (v[0] == '\0')
+            return fail(c, s, "'ca' must name a file of CA certificates");
+        t->ca = gw_xstrdup(v);
+    }
+    if (get_string(c, g, "sni", &v, &s) == -1)
+        return -1;
+    if (v != NULL) {
+        char *h = gw_xstrdup(v);
+        for (char *p = h; *p != '\0'; p++)
+            if (*p >= 'A' && *p <= 'Z')
+                *p = (char)(*p - 'A' + 'a');
+        t->sni = h;
+        if (!valid_hostname(h))
+            return fail(c, s, "'sni' must be a DNS name such as \"api.example.com\", not \"%s\"",
+                        v);
+    }
+    if (get_string(c, g, "cert", &v, &s) == -1)
+        return -1;
+    if (v != NULL)
+        t->cert = gw_xstrdup(v);
+    if (get_string(c, g, "key", &v, &s) == -1)
+        return -1;
+    if (v != NULL)
+        t->key = gw_xstrdup(v);
+    if ((t->cert == NULL) != (t->key == NULL))
+        return fail(c, g, "upstream tls: a client certificate needs both 'cert' and 'key'");
+    if (string_list(c, g, "ciphers", &t->ciphers, &t->nciphers) == -1)
+        return -1;
+    return 0;
+}
+
 static int parse_listens(struct ctx *c, const config_setting_t *root, struct gw_config *cfg)
 {
     const config_setting_t *list;
@@ -647,6 +702,8 @@ static int parse_upstreams(struct ctx *c, const config_setting_t *root, struct g
         if (get_u32(c, g, "max_requests", 0, 10000000, 1024, &u->max_requests) == -1)
             return -1;
         if (get_u32(c, g, "max_pending", 0, 10000000, 256, &u->max_pending) == -1)
+            return -1;
+        if (parse_upstream_tls(c, g, &u->tls) == -1)
             return -1;
     }
     return 0;
@@ -1381,8 +1438,17 @@ static void config_free(struct gw_config *cfg)
     if (gw_config_on_free_tls != NULL)
         gw_config_on_free_tls(cfg);
     for (size_t i = 0; i < cfg->nupstreams; i++) {
+        struct gw_upstream_tls_conf *t = &cfg->upstreams[i].tls;
         free(cfg->upstreams[i].name);
         free(cfg->upstreams[i].servers);
+        free(t->ca);
+        free(t->sni);
+        free(t->cert);
+        free(t->key);
+        for (size_t j = 0; j < t->nciphers; j++)
+            free(t->ciphers[j]);
+        free(t->ciphers);
+        free(t->file);
     }
     for (size_t i = 0; i < cfg->nroutes; i++) {
         struct gw_route *r = &cfg->routes[i];

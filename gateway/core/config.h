@@ -49,6 +49,22 @@ struct gw_tls_conf {
     int line;
 };
 
+/* TLS from the gateway to an upstream's servers (tls/tls.h loads it). */
+struct gw_upstream_tls_conf {
+    bool enabled;
+    bool verify;      /* the server's chain is checked (and its name, with sni) */
+    char *ca;         /* CA bundle; NULL: GW_DEFAULT_CA */
+    char *sni;        /* name sent in SNI and checked against the certificate; NULL: none */
+    char *cert, *key; /* client certificate for servers that ask for one; NULL: none */
+    char **ciphers;   /* NULL: AEAD with forward secrecy */
+    size_t nciphers;
+    char *file;
+    int line;
+};
+
+/* Debian's ca-certificates bundle. */
+#define GW_DEFAULT_CA "/etc/ssl/certs/ca-certificates.crt"
+
 struct gw_listen {
     struct gw_sockaddr addr;
     char *deadline_header; /* NULL: the route's (or the default) applies */
@@ -142,6 +158,8 @@ struct gw_upstream {
     struct gw_breaker_conf breaker;
     unsigned max_requests; /* concurrent requests per server, process-wide; 0 = no cap */
     unsigned max_pending;  /* requests waiting for a new connection per server; 0 = no cap */
+    struct gw_upstream_tls_conf tls;
+    struct gw_tls_ctx *tls_ctx; /* loaded by gw_tls_load; NULL: plain TCP */
 };
 
 struct gw_route {

@@ -140,6 +140,24 @@ static void put_upstream(FILE *f, const struct gw_upstream *u)
     put_u(f, ind, "max_pending", u->max_pending);
     if (u->breaker.enabled)
         put_breaker(f, &u->breaker);
+    if (u->tls.enabled) {
+        const char *tind = "        ";
+        fputs("      tls = {\n", f);
+        put_b(f, tind, "verify", u->tls.verify);
+        put_kstr(f, tind, "ca", u->tls.ca != NULL ? u->tls.ca : GW_DEFAULT_CA);
+        if (u->tls.sni != NULL)
+            put_kstr(f, tind, "sni", u->tls.sni);
+        if (u->tls.cert != NULL) {
+            put_kstr(f, tind, "cert", u->tls.cert);
+            put_kstr(f, tind, "key", u->tls.key);
+        }
+        if (u->tls.ciphers != NULL) {
+            fprintf(f, "%sciphers = ", tind);
+            put_strs(f, u->tls.ciphers, u->tls.nciphers);
+            fputs(";\n", f);
+        }
+        fputs("      };\n", f);
+    }
     fputs("    }", f);
 }
 

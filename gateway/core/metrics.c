@@ -16,7 +16,7 @@ const uint64_t gw_duration_bounds_us[GW_DURATION_BUCKETS - 1] = {
 };
 
 static const char *const outcome_names[GW_OUTCOME_COUNT] = {
-    "success", "connect_error", "connect_timeout", "reset", "timeout", "bad_response",
+    "success", "connect_error", "connect_timeout", "reset", "timeout", "bad_response", "tls_error",
 };
 
 struct server_name {
@@ -399,6 +399,20 @@ static void render_servers(struct gw_text *out)
         server_labels(out, s);
         gw_text_printf(out, "} %llu\n",
                        (unsigned long long)SUM_WORKERS(load(&ws->servers[s]->connects)));
+    }
+    gw_text_printf(out, "# HELP gateway_upstream_tls_handshakes_total TLS handshakes with "
+                        "upstream servers, by result.\n"
+                        "# TYPE gateway_upstream_tls_handshakes_total counter\n");
+    for (unsigned s = 0; s < nservers; s++) {
+        for (unsigned k = 0; k < 2; k++) {
+            uint64_t v = SUM_WORKERS(load(&ws->servers[s]->tls_handshakes[k]));
+            if (v == 0)
+                continue;
+            gw_text_printf(out, "gateway_upstream_tls_handshakes_total");
+            server_labels(out, s);
+            gw_text_printf(out, ",result=\"%s\"} %llu\n", k ? "failed" : "ok",
+                           (unsigned long long)v);
+        }
     }
     gw_text_printf(out, "# HELP gateway_upstream_reused_total Requests sent on a pooled "
                         "keep-alive connection.\n# TYPE gateway_upstream_reused_total counter\n");

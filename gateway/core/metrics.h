@@ -32,6 +32,7 @@ enum gw_outcome {
     GW_OUTCOME_RESET,
     GW_OUTCOME_TIMEOUT,
     GW_OUTCOME_BAD_RESPONSE,
+    GW_OUTCOME_TLS_ERROR, /* the TLS handshake with the server failed */
     GW_OUTCOME_COUNT,
 };
 
@@ -86,6 +87,7 @@ struct gw_server_stats {
     _Atomic uint64_t reused;      /* requests sent on a pooled connection */
     _Atomic uint64_t stale_retry; /* pooled connection found closed, retried */
     _Atomic uint64_t retries;     /* retries after a failed attempt on this server */
+    _Atomic uint64_t tls_handshakes[2]; /* TLS to the server: ok, failed */
     /* 503s without upstream contact, by reason; rendered per upstream */
     _Atomic uint64_t rejected[GW_REJECT_COUNT];
     struct gw_hist dur;           /* attempt start to response head */

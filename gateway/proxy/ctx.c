@@ -102,14 +102,22 @@ void gw_pipe_put(struct gw_wctx *w, int fds[2], size_t cap, bool clean)
     fds[0] = fds[1] = -1;
 }
 
+/* Pools are found by address and TLS identity: two upstreams naming the
+ * same address with different SNI names must not share connections. */
 static struct gw_pool *pool_for(struct gw_wctx *w, const struct gw_server *s)
 {
     struct gw_pool *p;
+    char *id = gw_pool_tls_id(s->upstream);
+
     for (p = w->pools; p; p = p->next)
-        if (strcmp(p->addr.text, s->addr.text) == 0)
+        if (strcmp(p->addr.text, s->addr.text) == 0 &&
+            (p->tls_id == NULL ? id == NULL : id != NULL && strcmp(p->tls_id, id) == 0)) {
+            free(id);
             return p;
+        }
     p = gw_xcalloc(1, sizeof(*p));
     p->addr = s->addr;
+    p->tls_id = id;
     p->stats_slot = s->metrics_slot;
     p->next = w->pools;
     w->pools = p;

@@ -61,6 +61,11 @@ struct gw_cfgref {
 /* Idle and active connections to one upstream server, for one worker. */
 struct gw_pool {
     struct gw_sockaddr addr;
+    /* NULL for plain TCP; for TLS what the connections were made with
+     * (SNI, verification, client certificate): connections made for one
+     * name are not handed to an upstream that asks for another */
+    char *tls_id;
+    uint64_t tls_log_ms; /* last handshake failure logged (one per second) */
     unsigned stats_slot;
     struct gw_upconn *idle; /* LIFO: the most recently used first */
     unsigned nidle;
@@ -109,7 +114,17 @@ struct gw_upconn {
     /* holds one of the server's max_pending places while connecting */
     struct gw_server_shared *pending_on;
     struct gw_upconn *next;
-    struct gw_timer idle_timer;
+    struct gw_timer idle_timer; /* idle in the pool; bounds the TLS handshake too */
+    /* TLS to the server (upstream.c "tls"), NULL for plain TCP; the
+     * snapshot whose mbedtls configuration it uses is held while it lives */
+    struct gw_tls_conn *tls;
+    struct gw_config *tls_cfg;
+    size_t tls_plain;  /* plaintext of the send being encrypted, reported once all is out */
+    int tls_end;       /* the stream ended: -1 close_notify, -2 broken */
+    bool tls_open;     /* handshake done */
+    bool tls_sending;  /* a send of ciphertext is in flight */
+    bool tls_nop;      /* the recv op in flight is a NOP (decrypted bytes were held) */
+    bool tls_send_err; /* the send op in flight is a NOP reporting a failed encryption */
 };
 
 enum gw_req_phase {
@@ -379,6 +394,8 @@ void gw_upstream_put_active(struct gw_req *r);
 void gw_upstream_release(struct gw_req *r, bool reusable);
 void gw_upconn_send(struct gw_upconn *u, const char *p, size_t n);
 void gw_upconn_recv(struct gw_upconn *u);
+/* The identity of a pool's connections for upstream up (NULL: plain). */
+char *gw_pool_tls_id(const struct gw_upstream *up);
 void gw_pools_close_idle(struct gw_wctx *w);
 /* Closes the idle connections of one pool. */
 void gw_pool_close_idle(struct gw_pool *p);

@@ -539,6 +539,7 @@ static unsigned retry_cond(enum gw_outcome o)
 {
     switch (o) {
     case GW_OUTCOME_CONNECT_ERROR:
+    case GW_OUTCOME_TLS_ERROR:
         return GW_RETRY_CONNECT_FAILURE;
     case GW_OUTCOME_CONNECT_TIMEOUT:
     case GW_OUTCOME_TIMEOUT:
@@ -938,6 +939,14 @@ static void on_pump_down_done(struct gw_pump *p, int err)
     req_try_finish(r);
 }
 
+/* Splice moves bytes socket to socket in the kernel: not for a request
+ * with TLS on either side, where the bytes must pass through mbedtls. */
+static bool req_splice_ok(const struct gw_req *r)
+{
+    return r->c->tls == NULL && !r->route->upstream->tls.enabled &&
+           (r->up == NULL || r->up->tls == NULL);
+}
+
 /* Drives the request side: sends what uout holds, refills it from c->in,
  * and switches a large remaining body to splice. */
 static void req_advance_up(struct gw_req *r)
@@ -950,7 +959,7 @@ static void req_advance_up(struct gw_req *r)
      * memory as soon as that is known: a fast client would otherwise keep
      * c->in full at every check, and the whole body would be copied
      * through user space twice (perf: post1m ran in copy mode). */
-    if (r->req_phase == GW_REQ_SEND && !r->body_chunked && !r->aborting && c->tls == NULL &&
+    if (r->req_phase == GW_REQ_SEND && !r->body_chunked && !r->aborting && req_splice_ok(r) &&
         !(c->flags & GW_C_HOLD_RECV) && r->resp_phase == GW_RESP_WAIT &&
         r->body_left > c->in.len && r->body_left - c->in.len >= GW_SPLICE_MIN_UP_BYTES) {
         c->flags |= GW_C_HOLD_RECV;
@@ -985,7 +994,7 @@ static void req_advance_up(struct gw_req *r)
         r->req_phase = GW_REQ_DONE;
         goto recv;
     }
-    if (!r->body_chunked && c->tls == NULL &&
+    if (!r->body_chunked && req_splice_ok(r) &&
         ((c->flags & GW_C_HOLD_RECV) || r->body_left >= GW_SPLICE_MIN_UP_BYTES)) {
         c->flags |= GW_C_HOLD_RECV;
         stop_recv(c);
@@ -1046,6 +1055,8 @@ void gw_req_up_ready(struct gw_req *r, int err)
         r->up = NULL;
         if (err == -ETIMEDOUT)
             req_fail(r, 504, GW_OUTCOME_CONNECT_TIMEOUT);
+        else if (err == -EPROTO)
+            req_fail(r, 502, GW_OUTCOME_TLS_ERROR);
         else
             req_fail(r, 502, GW_OUTCOME_CONNECT_ERROR);
         return;
@@ -1205,7 +1216,7 @@ static void on_resp_sent(struct gw_conn *c)
         return;
     }
     if (!r->resp_chunked && !r->resp_until_close && u->in.len == 0 && !r->cache_capture &&
-        c->tls == NULL && r->resp_left >= GW_SPLICE_MIN_DOWN_BYTES) {
+        req_splice_ok(r) && r->resp_left >= GW_SPLICE_MIN_DOWN_BYTES) {
         if (gw_pump_start(&r->pump_up, c->w, u->fd, c->fd, r->resp_left, on_pump_up_done) ==
             0) {
             r->pump_up_on = true;
@@ -2556,7 +2567,7 @@ static void req_start(struct gw_conn *c, size_t head_len)
         return;
     }
     r->route_slot = r->route->metrics_slot;
-    if (c->tls != NULL && (q->flags & GW_MSG_UPGRADE)) {
+    if ((c->tls != NULL || r->route->upstream->tls.enabled) && (q->flags & GW_MSG_UPGRADE)) {
         /* tunnels are spliced socket to socket, which TLS rules out */
         gw_buf_consume(&c->in, head_len);
         req_respond(r, 501, true);

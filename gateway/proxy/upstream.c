@@ -1,13 +1,15 @@
 /* Owns upstream connections: server choice, connect with a deadline,
  * keep-alive pools (idle connections expire by timer; on reuse one the
- * server closed is found by a peek or by the retry of the request), and
- * the single send / recv ops of a connection in use. */
+ * server closed is found by a peek or by the retry of the request), TLS to
+ * servers that want it, and the single send / recv ops of a connection in
+ * use. */
 #include "proxy/ctx.h"
 
 #include "core/clock.h"
 #include "core/list.h"
 #include "core/log.h"
 #include "core/mem.h"
+#include "core/metrics.h"
 #include "policy/breaker.h"
 #include "policy/shared.h"
 
@@ -15,6 +17,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -25,10 +28,13 @@ enum {
     UP_IDLE = 1 << 1,
     UP_CLOSING = 1 << 2,
     UP_FREED = 1 << 3, /* on the free list; see upconn_free_if_done */
+    UP_HANDSHAKE = 1 << 4, /* connected, TLS handshake under way */
 };
 
 static void upconn_close(struct gw_upconn *u);
 static void put_pending(struct gw_upconn *u);
+static void tls_start(struct gw_upconn *u);
+static void tls_fail(struct gw_upconn *u, int err);
 
 /* gateway_upstream_connections: this worker's view of one pool. */
 static void pool_gauges(struct gw_wctx *w, const struct gw_pool *p)
@@ -48,6 +54,12 @@ static void upconn_free_if_done(struct gw_upconn *u)
     gw_timer_cancel(&w->timers, &u->idle_timer);
     close(u->fd);
     gw_bufpool_put(&w->out_pool, &u->in);
+    if (u->tls != NULL) {
+        gw_tls_conn_free(u->tls);
+        u->tls = NULL;
+        gw_config_unref(u->tls_cfg);
+        u->tls_cfg = NULL;
+    }
     u->next = w->free_upconns;
     w->free_upconns = u;
 }
@@ -95,6 +107,10 @@ static void upconn_close(struct gw_upconn *u)
 static void on_idle_timeout(struct gw_timer *t)
 {
     struct gw_upconn *u = container_of(t, struct gw_upconn, idle_timer);
+    if ((u->flags & (UP_HANDSHAKE | UP_CLOSING)) == UP_HANDSHAKE) {
+        tls_fail(u, -ETIMEDOUT);
+        return;
+    }
     upconn_close(u);
 }
 
@@ -115,6 +131,10 @@ static void on_connect(struct gw_op *op, int res, unsigned flags)
         int err = res == -ECANCELED ? -ETIMEDOUT : res;
         upconn_close(u);
         gw_req_up_ready(r, err);
+        return;
+    }
+    if (u->tls != NULL) {
+        tls_start(u);
         return;
     }
     gw_req_up_ready(r, 0);
@@ -146,9 +166,258 @@ static void on_recv(struct gw_op *op, int res, unsigned flags)
     gw_req_up_data(u->req, res);
 }
 
-void gw_upconn_send(struct gw_upconn *u, const char *p, size_t n)
+/* ---- tls -----------------------------------------------------------------
+ *
+ * A server of an upstream with a tls group is spoken to through mbedtls.
+ * After the connect comes the handshake, bounded by connect_timeout_ms, and
+ * only then gw_req_up_ready. gw_upconn_send encrypts and reports the
+ * plaintext length once all of the ciphertext is out; gw_upconn_recv
+ * receives ciphertext straight into mbedtls's input and reports what it
+ * decrypted into u->in. The session makes the same calls as for plain TCP
+ * and only has to know that such a connection cannot be spliced. */
+
+#define TLS_RECV_ROOM 16384
+
+static void tls_send_slice(struct gw_upconn *u, struct gw_slice s)
 {
     struct io_uring_sqe *sqe = gw_ring_sqe(&u->w->ring);
+    io_uring_prep_send(sqe, u->fd, s.ptr, s.len, MSG_NOSIGNAL);
+    gw_sqe_op(sqe, &u->send_op);
+    u->refs++;
+    u->tls_sending = true;
+}
+
+/* Sends what mbedtls wrote, unless a send is already on its way (its
+ * completion sends the rest). */
+static void tls_flush(struct gw_upconn *u)
+{
+    struct gw_slice s;
+
+    if (u->tls_sending)
+        return;
+    s = gw_tls_out_take(u->tls);
+    if (s.len > 0)
+        tls_send_slice(u, s);
+}
+
+static void tls_nop(struct gw_upconn *u, struct gw_op *op)
+{
+    struct io_uring_sqe *sqe = gw_ring_sqe(&u->w->ring);
+    io_uring_prep_nop(sqe);
+    gw_sqe_op(sqe, op);
+    u->refs++;
+}
+
+static void tls_arm_recv(struct gw_upconn *u)
+{
+    struct io_uring_sqe *sqe;
+    size_t room;
+    char *p;
+
+    /* Records already received (u->in was full), or the end of the stream,
+     * do not come through the socket again: a NOP brings them. */
+    if (u->tls_open && (u->tls_end != 0 || gw_tls_pending(u->tls))) {
+        u->tls_nop = true;
+        tls_nop(u, &u->recv_op);
+        return;
+    }
+    p = gw_tls_in_room(u->tls, TLS_RECV_ROOM, &room);
+    sqe = gw_ring_sqe(&u->w->ring);
+    io_uring_prep_recv(sqe, u->fd, p, room, 0);
+    gw_sqe_op(sqe, &u->recv_op);
+    u->refs++;
+}
+
+static void tls_count(struct gw_upconn *u, bool ok)
+{
+    gw_stat_add(&u->w->stats->servers[u->pool->stats_slot]->tls_handshakes[ok ? 0 : 1], 1);
+}
+
+static void tls_start(struct gw_upconn *u)
+{
+    u->flags |= UP_HANDSHAKE;
+    gw_timer_set(&u->w->timers, &u->idle_timer,
+                 gw_now_ms + u->req->route->upstream->connect_timeout_ms);
+    if (gw_tls_handshake(u->tls) == GW_TLS_FAILED) {
+        tls_fail(u, -EPROTO);
+        return;
+    }
+    tls_flush(u);
+    tls_arm_recv(u);
+}
+
+/* The handshake failed: err is -ETIMEDOUT, -EPROTO (TLS said no) or the
+ * socket's error. Logged (once a second per pool: a server with a wrong
+ * certificate fails every request), and the request learns it. */
+static void tls_fail(struct gw_upconn *u, int err)
+{
+    struct gw_req *r = u->req;
+    struct gw_pool *p = u->pool;
+
+    if (p->tls_log_ms == 0 || gw_now_ms - p->tls_log_ms >= 1000) {
+        char why[256];
+        p->tls_log_ms = gw_now_ms;
+        if (err == -EPROTO)
+            gw_tls_describe(u->tls, why, sizeof(why));
+        else if (err == -ETIMEDOUT)
+            snprintf(why, sizeof(why), "no answer within connect_timeout_ms");
+        else
+            snprintf(why, sizeof(why), "%s", strerror(-err));
+        gw_log_error("upstream %s: TLS handshake with %s failed: %s",
+                     r->route->upstream->name, p->addr.text, why);
+    }
+    tls_count(u, false);
+    upconn_close(u);
+    gw_req_up_ready(r, err == -ETIMEDOUT ? -ETIMEDOUT : -EPROTO);
+}
+
+static void on_tls_send(struct gw_op *op, int res, unsigned flags)
+{
+    struct gw_upconn *u = container_of(op, struct gw_upconn, send_op);
+    size_t plain;
+    (void)flags;
+    u->refs--;
+    u->tls_sending = false;
+    if (u->tls_send_err) {
+        u->tls_send_err = false;
+        res = -EPROTO;
+    }
+    if ((u->flags & UP_CLOSING) || u->req == NULL) {
+        upconn_free_if_done(u);
+        return;
+    }
+    if (res <= 0) {
+        if (u->flags & UP_HANDSHAKE) {
+            tls_fail(u, res < 0 ? res : -EPIPE);
+        } else {
+            u->tls_plain = 0;
+            gw_req_up_sent(u->req, res < 0 ? res : -EPIPE);
+        }
+        return;
+    }
+    if (!gw_tls_sent(u->tls, (size_t)res)) {
+        tls_send_slice(u, gw_tls_out_rest(u->tls));
+        return;
+    }
+    if (gw_tls_has_out(u->tls)) {
+        tls_flush(u);
+        return;
+    }
+    if (u->tls_plain > 0) {
+        plain = u->tls_plain;
+        u->tls_plain = 0;
+        gw_req_up_sent(u->req, (int)plain);
+    }
+}
+
+/* After the handshake: decrypt what mbedtls holds into u->in. */
+static void tls_deliver(struct gw_upconn *u)
+{
+    size_t total = 0;
+
+    while (u->tls_end == 0) {
+        ssize_t n;
+        gw_buf_compact(&u->in);
+        if (u->in.len == u->in.cap)
+            break;
+        n = gw_tls_read(u->tls, u->in.data + u->in.len, u->in.cap - u->in.len);
+        if (n > 0) {
+            u->in.len += (size_t)n;
+            total += (size_t)n;
+        } else if (n < 0) {
+            u->tls_end = (int)n;
+        } else {
+            break;
+        }
+    }
+    tls_flush(u); /* an alert mbedtls may have written */
+    if (total > 0)
+        gw_req_up_data(u->req, (int)total);
+    else if (u->tls_end != 0)
+        gw_req_up_data(u->req, u->tls_end == -1 ? 0 : -EPROTO);
+    else
+        tls_arm_recv(u);
+}
+
+static void on_tls_recv(struct gw_op *op, int res, unsigned flags)
+{
+    struct gw_upconn *u = container_of(op, struct gw_upconn, recv_op);
+    bool nop = u->tls_nop;
+    enum gw_tls_state st;
+    (void)flags;
+    u->refs--;
+    u->tls_nop = false;
+    if ((u->flags & UP_CLOSING) || u->req == NULL) {
+        upconn_free_if_done(u);
+        return;
+    }
+    if (!nop) {
+        if (res <= 0) {
+            /* the server closed or reset; without close_notify a response
+             * that runs until the close may be cut short, as nginx also
+             * accepts */
+            if (u->flags & UP_HANDSHAKE)
+                tls_fail(u, res < 0 ? res : -ECONNRESET);
+            else
+                gw_req_up_data(u->req, res);
+            return;
+        }
+        gw_tls_in_commit(u->tls, (size_t)res);
+    }
+    if (!(u->flags & UP_HANDSHAKE)) {
+        tls_deliver(u);
+        return;
+    }
+    st = gw_tls_handshake(u->tls);
+    if (st == GW_TLS_FAILED) {
+        tls_fail(u, -EPROTO);
+        return;
+    }
+    tls_flush(u);
+    if (st == GW_TLS_HANDSHAKE) {
+        tls_arm_recv(u);
+        return;
+    }
+    u->flags &= ~UP_HANDSHAKE;
+    u->tls_open = true;
+    gw_timer_cancel(&u->w->timers, &u->idle_timer);
+    tls_count(u, true);
+    gw_req_up_ready(u->req, 0);
+}
+
+char *gw_pool_tls_id(const struct gw_upstream *up)
+{
+    const struct gw_upstream_tls_conf *t = &up->tls;
+    size_t n;
+    char *id;
+
+    if (!t->enabled)
+        return NULL;
+    n = (size_t)snprintf(NULL, 0, "%d|%s|%s|%s", t->verify, t->sni ? t->sni : "",
+                         t->ca ? t->ca : "", t->cert ? t->cert : "");
+    id = gw_xmalloc(n + 1);
+    snprintf(id, n + 1, "%d|%s|%s|%s", t->verify, t->sni ? t->sni : "", t->ca ? t->ca : "",
+             t->cert ? t->cert : "");
+    return id;
+}
+
+void gw_upconn_send(struct gw_upconn *u, const char *p, size_t n)
+{
+    struct io_uring_sqe *sqe;
+
+    if (u->tls != NULL) {
+        u->tls_plain = n;
+        if (gw_tls_write(u->tls, p, n) != 0) {
+            /* reported by the send in flight, or by a NOP */
+            u->tls_send_err = true;
+            if (!u->tls_sending)
+                tls_nop(u, &u->send_op);
+            return;
+        }
+        tls_flush(u);
+        return;
+    }
+    sqe = gw_ring_sqe(&u->w->ring);
     io_uring_prep_send(sqe, u->fd, p, n, MSG_NOSIGNAL);
     gw_sqe_op(sqe, &u->send_op);
     u->refs++;
@@ -156,7 +425,13 @@ void gw_upconn_send(struct gw_upconn *u, const char *p, size_t n)
 
 void gw_upconn_recv(struct gw_upconn *u)
 {
-    struct io_uring_sqe *sqe = gw_ring_sqe(&u->w->ring);
+    struct io_uring_sqe *sqe;
+
+    if (u->tls != NULL) {
+        tls_arm_recv(u);
+        return;
+    }
+    sqe = gw_ring_sqe(&u->w->ring);
     gw_buf_compact(&u->in);
     io_uring_prep_recv(sqe, u->fd, u->in.data + u->in.len, u->in.cap - u->in.len, 0);
     gw_sqe_op(sqe, &u->recv_op);
@@ -287,6 +562,7 @@ enum gw_acquire gw_upstream_acquire(struct gw_req *r, bool fresh, enum gw_reject
     struct io_uring_sqe *sqe;
     struct gw_server_stats *ss;
     struct gw_server_shared *sh;
+    struct gw_tls_conn *tls = NULL;
     unsigned timeout_ms;
     int fd, one = 1;
 
@@ -354,7 +630,21 @@ enum gw_acquire gw_upstream_acquire(struct gw_req *r, bool fresh, enum gw_reject
         gw_req_defer_error(r, err);
         return GW_ACQ_PENDING;
     }
+    if (r->server->upstream->tls_ctx != NULL &&
+        (tls = gw_tls_conn_new(r->server->upstream->tls_ctx)) == NULL) {
+        close(fd);
+        gw_breaker_limit_put(&sh->pending);
+        gw_log_error("TLS setup for upstream %s failed", p->addr.text);
+        gw_req_defer_error(r, -ENOMEM);
+        return GW_ACQ_PENDING;
+    }
     u = upconn_new(w, p);
+    if (tls != NULL) {
+        u->tls = tls;
+        u->tls_cfg = gw_config_ref(r->cfgref->cfg);
+        u->send_op.cb = on_tls_send;
+        u->recv_op.cb = on_tls_recv;
+    }
     u->req = r;
     u->pending_on = sh;
     r->up = u;
@@ -392,7 +682,8 @@ void gw_upstream_release(struct gw_req *r, bool reusable)
     w = u->w;
     p = u->pool;
     if (!reusable || u->refs > 0 || u->in.len > 0 || w->draining || p->retired ||
-        p->nidle >= r->route->upstream->keepalive) {
+        p->nidle >= r->route->upstream->keepalive ||
+        (u->tls != NULL && (u->tls_end != 0 || gw_tls_pending(u->tls)))) {
         upconn_close(u);
         return;
     }

@@ -35,6 +35,8 @@ struct tls_cert {
 struct gw_tls_ctx {
     mbedtls_ssl_config conf;
     mbedtls_ssl_ticket_context ticket;
+    mbedtls_x509_crt ca; /* client side: what the server's chain must end in */
+    char *sni;           /* client side: the name sent and verified, or NULL */
     struct tls_cert *certs;
     size_t ncerts;
     int *suites;       /* 0-terminated */
@@ -55,6 +57,7 @@ struct gw_tls_conn {
     int fill;
     bool taken;    /* out[!fill] is handed to a send */
     bool fresh_in; /* bytes came since a read last wanted more */
+    int last_rc;   /* the last mbedtls error, for gw_tls_describe */
 };
 
 /* ---- randomness: the OS's, thread-safe ---- */
@@ -77,8 +80,14 @@ static int os_random(void *p, unsigned char *out, size_t n)
 
 /* ---- loading ---- */
 
+/* Where the tls group of the error is. */
+struct where {
+    const char *file;
+    int line;
+};
+
 __attribute__((format(printf, 5, 6))) static int fail(char *err, size_t errlen,
-                                                      const struct gw_tls_conf *tc, int rc,
+                                                      const struct where *tc, int rc,
                                                       const char *fmt, ...)
 {
     char reason[256], why[160] = "";
@@ -180,6 +189,8 @@ static void ctx_free(struct gw_tls_ctx *ctx)
         return;
     mbedtls_ssl_config_free(&ctx->conf);
     mbedtls_ssl_ticket_free(&ctx->ticket);
+    mbedtls_x509_crt_free(&ctx->ca);
+    free(ctx->sni);
     for (size_t i = 0; i < ctx->ncerts; i++) {
         mbedtls_x509_crt_free(&ctx->certs[i].crt);
         mbedtls_pk_free(&ctx->certs[i].pk);
@@ -199,80 +210,166 @@ static void on_config_free(struct gw_config *cfg)
         ctx_free(cfg->listens[i].tls_ctx);
         cfg->listens[i].tls_ctx = NULL;
     }
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        ctx_free(cfg->upstreams[i].tls_ctx);
+        cfg->upstreams[i].tls_ctx = NULL;
+    }
 }
 
-static int load_one(struct gw_listen *l, char *err, size_t errlen)
+static struct gw_tls_ctx *ctx_new(void)
 {
-    const struct gw_tls_conf *tc = &l->tls;
     struct gw_tls_ctx *ctx = gw_xcalloc(1, sizeof(*ctx));
-    int64_t now = gw_clock_wall_ms() / 1000;
-    const char *const *names;
-    size_t n;
-    int rc;
 
-    l->tls_ctx = ctx; /* freed with the snapshot, whatever happens below */
-    snprintf(ctx->listener, sizeof(ctx->listener), "%s", l->addr.text);
     mbedtls_ssl_config_init(&ctx->conf);
     mbedtls_ssl_ticket_init(&ctx->ticket);
-    ctx->certs = gw_xcalloc(tc->ncerts, sizeof(*ctx->certs));
-    for (size_t i = 0; i < tc->ncerts; i++) {
-        struct tls_cert *c = &ctx->certs[i];
-        mbedtls_x509_crt_init(&c->crt);
-        mbedtls_pk_init(&c->pk);
-        ctx->ncerts++;
-        if ((rc = mbedtls_x509_crt_parse_file(&c->crt, tc->certs[i])) != 0)
-            return fail(err, errlen, tc, rc, "cannot load certificate %s", tc->certs[i]);
-        if ((rc = mbedtls_pk_parse_keyfile(&c->pk, tc->keys[i], NULL)) != 0)
-            return fail(err, errlen, tc, rc, "cannot load key %s", tc->keys[i]);
-        if ((rc = mbedtls_pk_check_pair(&c->crt.pk, &c->pk)) != 0)
-            return fail(err, errlen, tc, rc, "key %s does not match certificate %s",
-                        tc->keys[i], tc->certs[i]);
-        c->not_after = x509_epoch(&c->crt.valid_to);
-        if (c->not_after <= now)
-            return fail(err, errlen, tc, 0, "certificate %s expired on %04d-%02d-%02d",
-                        tc->certs[i], c->crt.valid_to.year, c->crt.valid_to.mon,
-                        c->crt.valid_to.day);
-        if (c->not_after - now < EXPIRY_WARN_S)
-            gw_log_error("%s:%d: warning: certificate %s expires in %lld days", tc->file,
-                         tc->line, tc->certs[i], (long long)((c->not_after - now) / 86400));
-        cert_names(c);
-    }
-    names = tc->ciphers ? (const char *const *)tc->ciphers : default_suites;
+    mbedtls_x509_crt_init(&ctx->ca);
+    return ctx;
+}
+
+/* Loads the next certificate of ctx (ctx->certs is allocated for all of
+ * them: mbedtls structures are not moved once filled) with its key, and
+ * checks that they belong together and that it has not expired. */
+static int load_pair(struct gw_tls_ctx *ctx, const char *cert, const char *key,
+                     const struct where *at, char *err, size_t errlen)
+{
+    struct tls_cert *c;
+    int64_t now = gw_clock_wall_ms() / 1000;
+    int rc;
+
+    c = &ctx->certs[ctx->ncerts++];
+    mbedtls_x509_crt_init(&c->crt);
+    mbedtls_pk_init(&c->pk);
+    if ((rc = mbedtls_x509_crt_parse_file(&c->crt, cert)) != 0)
+        return fail(err, errlen, at, rc, "cannot load certificate %s", cert);
+    if ((rc = mbedtls_pk_parse_keyfile(&c->pk, key, NULL)) != 0)
+        return fail(err, errlen, at, rc, "cannot load key %s", key);
+    if ((rc = mbedtls_pk_check_pair(&c->crt.pk, &c->pk)) != 0)
+        return fail(err, errlen, at, rc, "key %s does not match certificate %s", key, cert);
+    c->not_after = x509_epoch(&c->crt.valid_to);
+    if (c->not_after <= now)
+        return fail(err, errlen, at, 0, "certificate %s expired on %04d-%02d-%02d", cert,
+                    c->crt.valid_to.year, c->crt.valid_to.mon, c->crt.valid_to.day);
+    if (c->not_after - now < EXPIRY_WARN_S)
+        gw_log_error("%s:%d: warning: certificate %s expires in %lld days", at->file, at->line,
+                     cert, (long long)((c->not_after - now) / 86400));
+    cert_names(c);
+    return 0;
+}
+
+/* The configured suite names, or the defaults, as mbedtls ids. */
+static int load_suites(struct gw_tls_ctx *ctx, char *const *configured, const struct where *at,
+                       char *err, size_t errlen)
+{
+    const char *const *names = configured ? (const char *const *)configured : default_suites;
+    size_t n;
+
     for (n = 0; names[n] != NULL; n++)
         ;
     ctx->suites = gw_xcalloc(n + 1, sizeof(int));
     for (size_t i = 0; i < n; i++) {
         ctx->suites[i] = mbedtls_ssl_get_ciphersuite_id(names[i]);
         if (ctx->suites[i] == 0)
-            return fail(err, errlen, tc, 0, "unknown cipher suite \"%s\" (names as mbedtls "
+            return fail(err, errlen, at, 0, "unknown cipher suite \"%s\" (names as mbedtls "
                                             "spells them, e.g. TLS-ECDHE-RSA-WITH-AES-128-GCM-SHA256)",
                         names[i]);
     }
+    return 0;
+}
+
+/* The settings both sides share: OS randomness, TLS 1.2 and newer, the
+ * suites, no renegotiation. */
+static int conf_common(struct gw_tls_ctx *ctx, int endpoint, const struct where *at, char *err,
+                       size_t errlen)
+{
+    int rc = mbedtls_ssl_config_defaults(&ctx->conf, endpoint, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                         MBEDTLS_SSL_PRESET_DEFAULT);
+    if (rc != 0)
+        return fail(err, errlen, at, rc, "TLS setup");
+    mbedtls_ssl_conf_rng(&ctx->conf, os_random, NULL);
+    mbedtls_ssl_conf_min_version(&ctx->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+                                 MBEDTLS_SSL_MINOR_VERSION_3);
+    mbedtls_ssl_conf_ciphersuites(&ctx->conf, ctx->suites);
+    mbedtls_ssl_conf_renegotiation(&ctx->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+    return 0;
+}
+
+static int load_one(struct gw_listen *l, char *err, size_t errlen)
+{
+    const struct gw_tls_conf *tc = &l->tls;
+    const struct where at = {tc->file, tc->line};
+    struct gw_tls_ctx *ctx = ctx_new();
+    const char *const *names;
+    size_t n;
+    int rc;
+
+    l->tls_ctx = ctx; /* freed with the snapshot, whatever happens below */
+    snprintf(ctx->listener, sizeof(ctx->listener), "%s", l->addr.text);
+    ctx->certs = gw_xcalloc(tc->ncerts, sizeof(*ctx->certs));
+    for (size_t i = 0; i < tc->ncerts; i++)
+        if (load_pair(ctx, tc->certs[i], tc->keys[i], &at, err, errlen) != 0)
+            return -1;
+    if (load_suites(ctx, tc->ciphers, &at, err, errlen) != 0)
+        return -1;
     names = tc->alpn ? (const char *const *)tc->alpn : default_alpn;
     for (n = 0; names[n] != NULL; n++)
         ;
     ctx->alpn = gw_xcalloc(n + 1, sizeof(char *));
     memcpy(ctx->alpn, names, n * sizeof(char *));
 
-    if ((rc = mbedtls_ssl_config_defaults(&ctx->conf, MBEDTLS_SSL_IS_SERVER,
-                                          MBEDTLS_SSL_TRANSPORT_STREAM,
-                                          MBEDTLS_SSL_PRESET_DEFAULT)) != 0)
-        return fail(err, errlen, tc, rc, "TLS setup");
-    mbedtls_ssl_conf_rng(&ctx->conf, os_random, NULL);
-    mbedtls_ssl_conf_min_version(&ctx->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
-                                 MBEDTLS_SSL_MINOR_VERSION_3);
-    mbedtls_ssl_conf_ciphersuites(&ctx->conf, ctx->suites);
-    mbedtls_ssl_conf_renegotiation(&ctx->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+    if (conf_common(ctx, MBEDTLS_SSL_IS_SERVER, &at, err, errlen) != 0)
+        return -1;
     if ((rc = mbedtls_ssl_conf_own_cert(&ctx->conf, &ctx->certs[0].crt, &ctx->certs[0].pk)) != 0)
-        return fail(err, errlen, tc, rc, "certificate %s", tc->certs[0]);
+        return fail(err, errlen, &at, rc, "certificate %s", tc->certs[0]);
     mbedtls_ssl_conf_sni(&ctx->conf, on_sni, ctx);
     if ((rc = mbedtls_ssl_conf_alpn_protocols(&ctx->conf, ctx->alpn)) != 0)
-        return fail(err, errlen, tc, rc, "alpn");
+        return fail(err, errlen, &at, rc, "alpn");
     if ((rc = mbedtls_ssl_ticket_setup(&ctx->ticket, os_random, NULL, MBEDTLS_CIPHER_AES_256_GCM,
                                        TICKET_LIFETIME_S)) != 0)
-        return fail(err, errlen, tc, rc, "session tickets");
+        return fail(err, errlen, &at, rc, "session tickets");
     mbedtls_ssl_conf_session_tickets_cb(&ctx->conf, mbedtls_ssl_ticket_write,
                                         mbedtls_ssl_ticket_parse, &ctx->ticket);
+    return 0;
+}
+
+/* The client side, for an upstream with a tls group. */
+static int load_upstream(struct gw_upstream *u, char *err, size_t errlen)
+{
+    const struct gw_upstream_tls_conf *tc = &u->tls;
+    const struct where at = {tc->file, tc->line};
+    const char *ca = tc->ca != NULL ? tc->ca : GW_DEFAULT_CA;
+    struct gw_tls_ctx *ctx = ctx_new();
+    int rc;
+
+    u->tls_ctx = ctx;
+    snprintf(ctx->listener, sizeof(ctx->listener), "upstream:%s", u->name);
+    if (tc->sni != NULL)
+        ctx->sni = gw_xstrdup(tc->sni);
+    ctx->certs = gw_xcalloc(1, sizeof(*ctx->certs));
+    if (tc->cert != NULL && load_pair(ctx, tc->cert, tc->key, &at, err, errlen) != 0)
+        return -1;
+    if (load_suites(ctx, tc->ciphers, &at, err, errlen) != 0)
+        return -1;
+    if (conf_common(ctx, MBEDTLS_SSL_IS_CLIENT, &at, err, errlen) != 0)
+        return -1;
+    if (tc->verify || tc->ca != NULL) {
+        /* parse_file counts certificates it could not read; a bundle with
+         * none readable is an error, a few odd ones in a system bundle are
+         * not */
+        rc = mbedtls_x509_crt_parse_file(&ctx->ca, ca);
+        if (rc < 0 || ctx->ca.version == 0)
+            return fail(err, errlen, &at, rc < 0 ? rc : 0, "cannot load CA certificates %s%s",
+                        ca, tc->ca == NULL ? " (the default; set tls.ca, or verify = false)" : "");
+        mbedtls_ssl_conf_ca_chain(&ctx->conf, &ctx->ca, NULL);
+    }
+    mbedtls_ssl_conf_authmode(&ctx->conf,
+                              tc->verify ? MBEDTLS_SSL_VERIFY_REQUIRED : MBEDTLS_SSL_VERIFY_NONE);
+    if (ctx->ncerts > 0 &&
+        (rc = mbedtls_ssl_conf_own_cert(&ctx->conf, &ctx->certs[0].crt, &ctx->certs[0].pk)) != 0)
+        return fail(err, errlen, &at, rc, "certificate %s", tc->cert);
+    if (tc->verify && tc->sni == NULL)
+        gw_log_error("%s:%d: warning: upstream %s: tls.verify checks the certificate chain but "
+                     "not the name without tls.sni",
+                     tc->file, tc->line, u->name);
     return 0;
 }
 
@@ -281,6 +378,9 @@ int gw_tls_load(struct gw_config *cfg, char *err, size_t errlen)
     gw_config_on_free_tls = on_config_free;
     for (size_t i = 0; i < cfg->nlistens; i++)
         if (cfg->listens[i].tls.enabled && load_one(&cfg->listens[i], err, errlen) != 0)
+            return -1;
+    for (size_t i = 0; i < cfg->nupstreams; i++)
+        if (cfg->upstreams[i].tls.enabled && load_upstream(&cfg->upstreams[i], err, errlen) != 0)
             return -1;
     return 0;
 }
@@ -351,6 +451,10 @@ struct gw_tls_conn *gw_tls_conn_new(struct gw_tls_ctx *ctx)
         free(t);
         return NULL;
     }
+    if (ctx->sni != NULL && mbedtls_ssl_set_hostname(&t->ssl, ctx->sni) != 0) {
+        gw_tls_conn_free(t);
+        return NULL;
+    }
     mbedtls_ssl_set_bio(&t->ssl, t, bio_send, bio_recv, NULL);
     return t;
 }
@@ -372,6 +476,31 @@ void gw_tls_feed(struct gw_tls_conn *t, const char *p, size_t n)
     t->fresh_in = true;
 }
 
+char *gw_tls_in_room(struct gw_tls_conn *t, size_t want, size_t *room)
+{
+    struct bytes *b = &t->in;
+
+    if (b->off > 0 && b->off + b->len + want > b->cap) {
+        memmove(b->p, b->p + b->off, b->len);
+        b->off = 0;
+    }
+    if (b->len + want > b->cap) {
+        size_t cap = b->cap ? b->cap : 16384;
+        while (cap < b->len + want)
+            cap *= 2;
+        b->p = gw_xrealloc(b->p, cap);
+        b->cap = cap;
+    }
+    *room = b->cap - b->off - b->len;
+    return b->p + b->off + b->len;
+}
+
+void gw_tls_in_commit(struct gw_tls_conn *t, size_t n)
+{
+    t->in.len += n;
+    t->fresh_in = true;
+}
+
 enum gw_tls_state gw_tls_handshake(struct gw_tls_conn *t)
 {
     int rc = mbedtls_ssl_handshake(&t->ssl);
@@ -382,6 +511,7 @@ enum gw_tls_state gw_tls_handshake(struct gw_tls_conn *t)
         t->fresh_in = false;
         return GW_TLS_HANDSHAKE;
     }
+    t->last_rc = rc;
     return GW_TLS_FAILED;
 }
 
@@ -395,7 +525,8 @@ ssize_t gw_tls_read(struct gw_tls_conn *t, char *buf, size_t cap)
         t->fresh_in = false;
         return 0;
     }
-    return -1; /* close_notify, EOF or a broken record */
+    t->last_rc = rc;
+    return rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY ? -1 : -2;
 }
 
 bool gw_tls_pending(const struct gw_tls_conn *t)
@@ -454,4 +585,19 @@ bool gw_tls_has_out(const struct gw_tls_conn *t)
 const char *gw_tls_alpn(const struct gw_tls_conn *t)
 {
     return mbedtls_ssl_get_alpn_protocol(&t->ssl);
+}
+
+void gw_tls_describe(const struct gw_tls_conn *t, char *buf, size_t len)
+{
+    uint32_t flags = mbedtls_ssl_get_verify_result(&t->ssl);
+    char *nl;
+
+    if (t->last_rc == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED && flags != 0 && flags != (uint32_t)-1) {
+        /* one line: the reasons joined, without mbedtls's newlines */
+        mbedtls_x509_crt_verify_info(buf, len, "", flags);
+        while ((nl = strchr(buf, '\n')) != NULL)
+            *nl = nl[1] != '\0' ? ';' : '\0';
+        return;
+    }
+    mbedtls_strerror(t->last_rc, buf, len);
 }

@@ -17,7 +17,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* Loads and checks the certificates of every TLS listener of cfg. Returns
+/* Loads and checks the certificates of every TLS listener of cfg, and the
+ * CA bundles and client certificates of its TLS upstreams. Returns
  * 0, or -1 with "FILE:LINE: reason" in err. Warnings (expiry within 14
  * days) go to the log. */
 int gw_tls_load(struct gw_config *cfg, char *err, size_t errlen);
@@ -41,12 +42,17 @@ void gw_tls_conn_free(struct gw_tls_conn *t);
 
 /* Ciphertext received from the peer. */
 void gw_tls_feed(struct gw_tls_conn *t, const char *p, size_t n);
+/* Room (at least want bytes, *room in all) at the end of the ciphertext
+ * input, for a recv straight into it; gw_tls_in_commit says how much came.
+ * Nothing else may touch t while such a recv is in flight. */
+char *gw_tls_in_room(struct gw_tls_conn *t, size_t want, size_t *room);
+void gw_tls_in_commit(struct gw_tls_conn *t, size_t n);
 
 /* Advances the handshake as far as the fed bytes allow. */
 enum gw_tls_state gw_tls_handshake(struct gw_tls_conn *t);
 
 /* Decrypted bytes into buf: > 0 bytes, 0 when more ciphertext is needed,
- * -1 when the peer closed (close_notify) or the stream is broken. */
+ * -1 when the peer closed (close_notify), -2 when the stream is broken. */
 ssize_t gw_tls_read(struct gw_tls_conn *t, char *buf, size_t cap);
 
 /* Whether decrypted or undecrypted bytes are held, that a read would use. */
@@ -66,5 +72,9 @@ bool gw_tls_has_out(const struct gw_tls_conn *t);
 
 /* The ALPN protocol chosen, or NULL. */
 const char *gw_tls_alpn(const struct gw_tls_conn *t);
+
+/* Why the handshake or the stream failed, in one line (the certificate
+ * checks that failed, or mbedtls's error text). */
+void gw_tls_describe(const struct gw_tls_conn *t, char *buf, size_t len);
 
 #endif

@@ -66,8 +66,9 @@ def upstream():
 def upstream_factory():
     made = []
 
-    def make(name=None, idle_close_ms=None):
-        up = Upstream(name or "up%d" % (len(made) + 1), idle_close_ms=idle_close_ms).start()
+    def make(name=None, idle_close_ms=None, tls=None):
+        up = Upstream(name or "up%d" % (len(made) + 1), idle_close_ms=idle_close_ms,
+                      tls=tls).start()
         made.append(up)
         return up
 

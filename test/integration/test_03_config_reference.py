@@ -22,13 +22,14 @@ SECTIONS = {
     "Response cache": ["route_cache", "cache"],
     "Redis": ["redis"],
     "TLS": ["tls", "tls_cert"],
+    "TLS to upstreams": ["upstream_tls"],
 }
 
 # Every optional group present and empty, so that -T prints its defaults.
 MINIMAL = """
 listen = ( { address = "127.0.0.1:1"; } );
 redis = { address = "127.0.0.1:2"; };
-upstreams = ( { name = "app"; servers = [ "127.0.0.1:2" ]; breaker = {}; } );
+upstreams = ( { name = "app"; servers = [ "127.0.0.1:2" ]; breaker = {}; tls = {}; } );
 routes = ( { name = "r"; upstream = "app"; rate_limit = { rate = 1.0; }; cache = {}; } );
 """
 
@@ -78,7 +79,9 @@ def dump(gateway_bin, tmp_path):
         m = re.fullmatch(r"(\w+) = [{(]", s)
         if m:  # a group or list opens on its own line
             name = group_of.get(m.group(1), m.group(1))
-            stack.append("route_cache" if name == "cache" and stack[-1] == "route" else name)
+            name = {("route", "cache"): "route_cache",
+                    ("upstream", "tls"): "upstream_tls"}.get((stack[-1], name), name)
+            stack.append(name)
             continue
         if s in ("};", ");"):
             stack.pop()

@@ -42,12 +42,17 @@ request, or hang without answering (until stop()); `up.fail(None)` heals it.
 Every real response carries "X-Upstream: <name>". Expect: 100-continue is answered with
 "100 Continue" before the body is read. With idle_close_ms set, a connection that has no
 new request within that time after the previous response (or accept) is closed.
+
+With tls (a server-side ssl.SSLContext) every connection is TLS: the handshake runs in the
+connection's thread, the SNI names clients sent are in sni_seen and failed handshakes are
+counted in tls_failures.
 """
 
 import base64
 import hashlib
 import json
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -168,9 +173,14 @@ class Upstream:
 
     KEEP_BODY = 1 << 20
 
-    def __init__(self, name="up", idle_close_ms=None):
+    def __init__(self, name="up", idle_close_ms=None, tls=None):
         self.name = name
         self.idle_close_ms = idle_close_ms
+        self.tls = tls
+        self.sni_seen = []
+        self.tls_failures = 0
+        if tls is not None:
+            tls.sni_callback = self._on_sni
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.accepted = 0
@@ -298,8 +308,33 @@ class Upstream:
                 self._threads = [x for x in self._threads if x.is_alive()]
                 self._threads.append(t)
 
+    def _on_sni(self, sock, name, ctx):
+        with self.lock:
+            self.sni_seen.append(name)
+
+    def _tls_accept(self, c):
+        """The server side of the handshake; the TLS socket, or None when it failed."""
+        c.settimeout(10)
+        raw = c
+        try:
+            c = self.tls.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            with self.lock:
+                self.tls_failures += 1
+                self.active.discard(raw)
+            raw.close()
+            return None
+        with self.lock:
+            self.active.discard(raw)
+            self.active.add(c)
+        return c
+
     def _serve(self, c, conn_id):
         c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            c = self._tls_accept(c)
+            if c is None:
+                return
         r = SockReader(c)
         try:
             while not self._stopping.is_set():

@@ -658,6 +658,36 @@ static void test_cache_keys(void)
              "  min_version = \"1.3\"; }; } );\n", 2, "min_version");
     load_err("listen = ( { address = \"127.0.0.1:8443\"; tls = { cert = \"a\"; key = \"b\";\n"
              "  alpn = [ ]; }; } );\n", 2, "non-empty list");
+
+    /* TLS to upstreams */
+    cfg = load_ok(LISTEN "upstreams = ( { name = \"app\"; servers = [ \"127.0.0.1:9\" ];\n"
+                  "  tls = { sni = \"API.Internal\"; ca = \"/x/ca.crt\"; cert = \"c\";"
+                  " key = \"k\"; }; } );\n"
+                  "routes = ( { name = \"r\"; upstream = \"app\"; } );\n");
+    if (cfg != NULL) {
+        const struct gw_upstream_tls_conf *t = &cfg->upstreams[0].tls;
+        ok(t->enabled && t->verify && strcmp(t->sni, "api.internal") == 0 &&
+               strcmp(t->ca, "/x/ca.crt") == 0 && strcmp(t->key, "k") == 0 && t->line == 3 &&
+               cfg->upstreams[0].tls_ctx == NULL,
+           "upstream tls: verify by default, sni lower-cased, nothing loaded yet");
+        gw_config_unref(cfg);
+    }
+    cfg = load_ok(LISTEN "upstreams = ( { name = \"app\"; servers = [ \"127.0.0.1:9\" ]; } );\n"
+                  "routes = ( { name = \"r\"; upstream = \"app\"; } );\n");
+    if (cfg != NULL) {
+        ok(!cfg->upstreams[0].tls.enabled, "upstreams are plain TCP by default");
+        gw_config_unref(cfg);
+    }
+    load_err(LISTEN "upstreams = ( { name = \"app\"; servers = [ \"127.0.0.1:9\" ];\n"
+             "  tls = { verify = \"yes\"; }; } );\n", 3, "true or false");
+    load_err(LISTEN "upstreams = ( { name = \"app\"; servers = [ \"127.0.0.1:9\" ];\n"
+             "  tls = { sni = \"a b\"; }; } );\n", 3, "DNS name");
+    load_err(LISTEN "upstreams = ( { name = \"app\"; servers = [ \"127.0.0.1:9\" ];\n"
+             "  tls = { key = \"k\"; }; } );\n", 3, "both 'cert' and 'key'");
+    load_err(LISTEN "upstreams = ( { name = \"app\"; servers = [ \"127.0.0.1:9\" ];\n"
+             "  tls = { ca = \"\"; }; } );\n", 3, "'ca' must name");
+    load_err(LISTEN "upstreams = ( { name = \"app\"; servers = [ \"127.0.0.1:9\" ];\n"
+             "  tls = { alpn = [ \"h2\" ]; }; } );\n", 3, "unknown key 'alpn'");
 }
 
 int main(void)
