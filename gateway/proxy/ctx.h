@@ -229,6 +229,11 @@ struct gw_req {
     unsigned tunnel_open;     /* tunnel directions still running */
     struct gw_timer tunnel_timer; /* idle check of a tunnel */
     uint64_t tunnel_seen;         /* bytes it had moved at the last check */
+    /* a tunnel with TLS on a side is copied, not spliced (session.c
+     * "upgrade tunnels") */
+    bool tunnel_copy;
+    bool tunnel_down_done, tunnel_up_done; /* client -> upstream, upstream -> client */
+    uint64_t tunnel_copied;                /* bytes copied either way */
     struct gw_req *next_free;
 
     /* response cache (session.c, "cache") */

@@ -164,10 +164,15 @@ static void in_append(struct gw_conn *c, const char *p, size_t n)
     b->len += n;
 }
 
+static void tcopy_down(struct gw_req *r);
+static void tcopy_up_data(struct gw_req *r, int res);
+
 static void on_client_input(struct gw_conn *c)
 {
     if (c->req == NULL)
         conn_process(c);
+    else if (c->req->tunnel_copy)
+        tcopy_down(c->req);
     else
         req_advance_up(c->req);
 }
@@ -184,6 +189,10 @@ static void on_client_eof(struct gw_conn *c)
      * response, and the connection closes after it. A client that leaves
      * in the middle of its request body abandons the request. */
     r->client_close = true;
+    if (r->tunnel_copy) {
+        tcopy_down(r); /* passes the half-close on once the bytes before it went */
+        return;
+    }
     if (r->req_phase != GW_REQ_DONE && r->req_phase != GW_REQ_BODY_SPLICE &&
         (r->body_left > 0 || (r->body_chunked && !r->chunk.done)) && c->in.len == 0)
         conn_abort(c);
@@ -1409,6 +1418,10 @@ void gw_req_up_data(struct gw_req *r, int res)
         req_try_finish(r);
         return;
     }
+    if (r->tunnel_copy) {
+        tcopy_up_data(r, res);
+        return;
+    }
     if (res <= 0) {
         if (r->resp_phase == GW_RESP_WAIT) {
             if (can_retry_stale(r)) {
@@ -1465,7 +1478,25 @@ void gw_req_up_data(struct gw_req *r, int res)
     }
 }
 
-/* ---- upgrade tunnels ---------------------------------------------------- */
+/* ---- upgrade tunnels ----------------------------------------------------
+ *
+ * After a 101 the two connections are joined until both sides close. With
+ * plain TCP on both sides two pumps splice them to each other. With TLS on
+ * either side the bytes must pass through mbedtls, so the tunnel is copied:
+ * client -> upstream through c->in and r->uout (tcopy_down), upstream ->
+ * client through up->in and c_send (tcopy_up_data), one send in flight per
+ * direction, and the recv of a direction armed again only when its last
+ * bytes went out, so neither side can flood the gateway's memory. */
+
+static void tunnel_end(struct gw_req *r)
+{
+    if (r->up != NULL)
+        req_drop_up(r, false);
+    r->client_close = true;
+    r->resp_phase = GW_RESP_DONE;
+    r->req_phase = GW_REQ_DONE;
+    req_try_finish(r);
+}
 
 static void tunnel_pump_done(struct gw_req *r, bool down, int err)
 {
@@ -1486,14 +1517,94 @@ static void tunnel_pump_done(struct gw_req *r, bool down, int err)
         /* Pass the half-close on so the other side sees EOF too. */
         shutdown(down ? r->up->fd : r->c->fd, SHUT_WR);
     }
-    if (r->tunnel_open == 0) {
-        if (r->up != NULL)
-            req_drop_up(r, false);
-        r->client_close = true;
-        r->resp_phase = GW_RESP_DONE;
-        r->req_phase = GW_REQ_DONE;
-        req_try_finish(r);
+    if (r->tunnel_open == 0)
+        tunnel_end(r);
+}
+
+/* One direction of a copied tunnel has seen its end and passed it on. */
+static void tcopy_dir_done(struct gw_req *r, bool down)
+{
+    bool *done = down ? &r->tunnel_down_done : &r->tunnel_up_done;
+
+    if (*done)
+        return;
+    *done = true;
+    r->tunnel_open--;
+    /* the other side sees the end too (its TLS stream ends without a
+     * close_notify, as a spliced tunnel's TCP stream just ends) */
+    shutdown(down ? r->up->fd : r->c->fd, SHUT_WR);
+    if (r->tunnel_open == 0)
+        tunnel_end(r);
+}
+
+/* Client -> upstream: what the client sent goes out, then the recv is
+ * armed again; the client's end goes on once everything before it went. */
+static void tcopy_down(struct gw_req *r)
+{
+    struct gw_conn *c = r->c;
+
+    if (!r->tunnel_copy || r->aborting || r->tunnel_down_done || r->uout_sending)
+        return;
+    if (c->in.len > 0) {
+        size_t n = c->in.len < r->uout.cap ? c->in.len : r->uout.cap;
+        r->uout.off = 0;
+        r->uout.len = n;
+        memcpy(r->uout.data, gw_buf_head(&c->in), n);
+        gw_buf_consume(&c->in, n);
+        r->tunnel_copied += n;
+        r->uout_sending = true;
+        gw_upconn_send(r->up, r->uout.data, n);
+        return;
     }
+    if (c->flags & GW_C_PEER_EOF) {
+        tcopy_dir_done(r, true);
+        return;
+    }
+    arm_recv(c);
+}
+
+static void tcopy_up_sent(struct gw_conn *c)
+{
+    struct gw_req *r = c->req;
+
+    if (r->aborting || r->up == NULL) {
+        req_try_finish(r);
+        return;
+    }
+    gw_buf_consume(&r->up->in, r->resp_pending);
+    r->tunnel_copied += r->resp_pending;
+    r->resp_pending = 0;
+    gw_upconn_recv(r->up);
+}
+
+static void tcopy_up_send(struct gw_conn *c)
+{
+    struct gw_req *r = c->req;
+
+    c->iov[0].iov_base = gw_buf_head(&r->up->in);
+    c->iov[0].iov_len = r->resp_pending;
+    c_send(c, 1, tcopy_up_sent);
+}
+
+/* Upstream -> client: res bytes arrived in up->in (0: the upstream's end). */
+static void tcopy_up_data(struct gw_req *r, int res)
+{
+    struct gw_conn *c = r->c;
+
+    if (res < 0) {
+        gw_stat_add(&server_stats(r)->outcome[GW_OUTCOME_RESET], 1);
+        conn_abort(c);
+        return;
+    }
+    if (res == 0) {
+        tcopy_dir_done(r, false);
+        return;
+    }
+    r->resp_pending = r->up->in.len;
+    if (c->flags & GW_C_SEND_BUSY)
+        c->deferred = tcopy_up_send;
+    else
+        tcopy_up_send(c);
 }
 
 static void on_tunnel_up_done(struct gw_pump *p, int err)
@@ -1511,7 +1622,7 @@ static void on_tunnel_down_done(struct gw_pump *p, int err)
 static void on_tunnel_idle(struct gw_timer *t)
 {
     struct gw_req *r = container_of(t, struct gw_req, tunnel_timer);
-    uint64_t moved = r->pump_up.moved + r->pump_down.moved;
+    uint64_t moved = r->pump_up.moved + r->pump_down.moved + r->tunnel_copied;
 
     if (r->tunnel_open == 0 || r->aborting)
         return;
@@ -1528,6 +1639,10 @@ static void tunnel_continue(struct gw_req *r)
 {
     struct gw_conn *c = r->c;
 
+    if (r->tunnel_copy) {
+        tcopy_down(r);
+        return;
+    }
     if (r->aborting || r->tunnel_open > 0 || r->uout_sending)
         return;
     if (c->flags & GW_C_RECV_ARMED) {
@@ -1548,6 +1663,18 @@ static void tunnel_continue(struct gw_req *r)
         gw_buf_consume(&c->in, n);
         r->uout_sending = true;
         gw_upconn_send(r->up, r->uout.data, n);
+        return;
+    }
+    if (!req_splice_ok(r)) {
+        /* copied: the client's recv runs again, and the upstream's */
+        r->tunnel_copy = true;
+        r->tunnel_open = 2;
+        r->tunnel_seen = 0;
+        c->flags &= ~GW_C_HOLD_RECV;
+        gw_timer_set(&c->w->timers, &r->tunnel_timer,
+                     gw_now_ms + c->w->cur->cfg->limits.idle_timeout_ms);
+        arm_recv(c);
+        gw_upconn_recv(r->up);
         return;
     }
     if (gw_pump_start(&r->pump_up, c->w, r->up->fd, c->fd, UINT64_MAX, on_tunnel_up_done) !=
@@ -2567,12 +2694,6 @@ static void req_start(struct gw_conn *c, size_t head_len)
         return;
     }
     r->route_slot = r->route->metrics_slot;
-    if ((c->tls != NULL || r->route->upstream->tls.enabled) && (q->flags & GW_MSG_UPGRADE)) {
-        /* tunnels are spliced socket to socket, which TLS rules out */
-        gw_buf_consume(&c->in, head_len);
-        req_respond(r, 501, true);
-        return;
-    }
     if (q->content_length > 0 && (uint64_t)q->content_length > cfg->limits.max_body_bytes) {
         gw_buf_consume(&c->in, head_len);
         req_respond(r, 413, true);

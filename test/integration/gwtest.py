@@ -364,8 +364,9 @@ class Gateway:
     def get(self, path, **kw):
         return self.request("GET", path, **kw)
 
-    def raw(self, timeout=10):
-        return RawConn("127.0.0.1", self.port, timeout=timeout)
+    def raw(self, timeout=10, tls=None, server_hostname=None):
+        return RawConn("127.0.0.1", self.port, timeout=timeout, tls=tls,
+                       server_hostname=server_hostname)
 
     def admin(self, path, timeout=10):
         c = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=timeout)
@@ -531,3 +532,26 @@ def connect_refused(port):
 def wait_redis_up(gw, want=1, timeout=5.0):
     """Waits until gateway_redis_up is want; whether it got there."""
     return wait_until(lambda: gw.metrics().value("gateway_redis_up") == want, timeout)
+
+
+WS_UPGRADE = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+              ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")]
+
+
+def ws_echo_roundtrip(c, size=300000):
+    """Upgrades raw connection c at the test upstream's /ws and checks that bytes come back:
+    a short message, then size bytes in 32 KiB pieces (one piece in flight, so that a TLS
+    socket is never read and written from two threads)."""
+    import random
+    from rawhttp import request_bytes
+    c.send(request_bytes("GET", "/ws", WS_UPGRADE))
+    r = c.read_response()
+    assert r is not None and r.status == 101, r
+    assert r.header("Sec-WebSocket-Accept") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    c.send(b"hello")
+    assert c.recv_exact(5) == b"hello"
+    blob = random.Random(7).randbytes(size)
+    for i in range(0, size, 32768):
+        piece = blob[i:i + 32768]
+        c.send(piece)
+        assert c.recv_exact(len(piece), timeout=20) == piece

@@ -221,12 +221,14 @@ class Response:
 
 
 class RawConn:
-    """One client TCP connection speaking raw bytes."""
+    """One client TCP connection speaking raw bytes (over TLS with an ssl context)."""
 
-    def __init__(self, host, port, timeout=10.0):
+    def __init__(self, host, port, timeout=10.0, tls=None, server_hostname=None):
         self.timeout = timeout
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=server_hostname or host)
         self.reader = SockReader(self.sock)
 
     def __enter__(self):

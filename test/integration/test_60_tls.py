@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from gwtest import gateway_settings, render_config, route_block, upstream_block
+from gwtest import gateway_settings, render_config, route_block, upstream_block, \
+    ws_echo_roundtrip
 from tlscerts import Certs
 from upstream import pattern
 
@@ -191,13 +192,20 @@ def test_certificate_swap_by_sighup(gateway_factory, upstream, certs):
     assert peer_names(gw, certs, "localhost") == ["localhost"]
 
 
-def test_websocket_over_tls_is_refused(gateway_factory, upstream, certs):
+def test_websocket_over_tls(gateway_factory, upstream, certs):
+    """wss: the tunnel after the 101 is copied through mbedtls (no splice), both ways, and
+    the gateway frees it when the client goes."""
     crt, key = certs.site
-    gw = gateway_factory(settings=tls_settings(upstream, {"cert": crt, "key": key}))
-    r, _ = get(gw, certs, "/ws", headers={"Upgrade": "websocket", "Connection": "Upgrade",
-                                          "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-                                          "Sec-WebSocket-Version": "13"})
-    assert r.status == 501
+    gw = gateway_factory(settings=tls_settings(upstream, {"cert": crt, "key": key},
+                                               limits={"idle_timeout_ms": 800}))
+    with gw.raw(timeout=10, tls=client_ctx(certs, alpn=None), server_hostname="localhost") as c:
+        ws_echo_roundtrip(c, 1 << 20)
+    # an idle one is closed after idle_timeout_ms, like a plain tunnel
+    with gw.raw(timeout=10, tls=client_ctx(certs, alpn=None), server_hostname="localhost") as c:
+        ws_echo_roundtrip(c, 1000)
+        assert c.wait_closed(4), "an idle TLS tunnel stayed open"
+    gw.wait_metric("gateway_connections_active", 0)
+    assert get(gw, certs, "/ok")[0].status == 200
 
 
 @pytest.mark.parametrize("case", ["missing", "expired", "mismatch", "cipher"])

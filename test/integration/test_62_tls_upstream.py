@@ -18,7 +18,8 @@ import time
 
 import pytest
 
-from gwtest import gateway_settings, render_config, route_block, upstream_block, wait_until
+from gwtest import gateway_settings, render_config, route_block, upstream_block, \
+    ws_echo_roundtrip
 from tlscerts import Certs
 from upstream import pattern
 
@@ -294,14 +295,21 @@ def test_tls_on_both_sides(gateway_factory, upstream_factory, certs):
     c.close()
 
 
-def test_websocket_to_tls_upstream_is_refused(gateway_factory, upstream_factory, certs):
+def test_websocket_to_tls_upstream(gateway_factory, upstream_factory, certs):
+    """A plain client's tunnel to a TLS upstream, and a TLS client's to a TLS upstream."""
     up = upstream_factory("secure", tls=server_ctx(certs.backend))
     gw = gateway_factory(settings=settings_for(
         [tls_up(up, {"ca": certs.ca, "sni": "backend.test"})]))
-    r = gw.get("/ws", headers={"Upgrade": "websocket", "Connection": "Upgrade",
-                               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-                               "Sec-WebSocket-Version": "13"})
-    assert r.status == 501
+    with gw.raw(timeout=10) as c:
+        ws_echo_roundtrip(c, 1 << 20)
+    both = gateway_factory(name="both", settings=settings_for(
+        [tls_up(up, {"ca": certs.ca, "sni": "backend.test"})],
+        listen_tls={"cert": certs.front[0], "key": certs.front[1]}))
+    ctx = ssl.create_default_context(cafile=certs.ca)
+    with both.raw(timeout=10, tls=ctx, server_hostname="localhost") as c:
+        ws_echo_roundtrip(c, 300000)
+    for g in (gw, both):
+        g.wait_metric("gateway_connections_active", 0)
 
 
 def test_dump_shows_the_tls_group(gateway_bin, tmp_path, certs):
