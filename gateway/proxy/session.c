@@ -431,6 +431,8 @@ sent:
     }
 }
 
+#define TLS_GATHER 4096 /* up to this much of a send is encrypted as one record */
+
 /* Sends c->iov[0..n) with one sendmsg; on_sent runs when all of it went. */
 static void c_send(struct gw_conn *c, int n, void (*on_sent)(struct gw_conn *c))
 {
@@ -438,7 +440,26 @@ static void c_send(struct gw_conn *c, int n, void (*on_sent)(struct gw_conn *c))
 
     if (c->tls != NULL) {
         /* encrypted at once (mbedtls copies); the ciphertext goes out in
-         * order behind whatever is already on its way */
+         * order behind whatever is already on its way. A small response's
+         * head and body are gathered into one record first: a record per
+         * piece costs the client a decryption and 29 bytes each (perf
+         * tls128: 0.89x nginx's req/s with wrk's CPU the limit). */
+        char gather[TLS_GATHER];
+        size_t total = 0;
+        for (int i = 0; i < n; i++)
+            total += c->iov[i].iov_len;
+        if (n > 1 && total <= sizeof(gather)) {
+            size_t off = 0;
+            for (int i = 0; i < n; i++) {
+                memcpy(gather + off, c->iov[i].iov_base, c->iov[i].iov_len);
+                off += c->iov[i].iov_len;
+            }
+            if (gw_tls_write(c->tls, gather, total) != 0) {
+                conn_abort(c);
+                return;
+            }
+            n = 0;
+        }
         for (int i = 0; i < n; i++)
             if (gw_tls_write(c->tls, c->iov[i].iov_base, c->iov[i].iov_len) != 0) {
                 conn_abort(c);
