@@ -62,8 +62,14 @@ SCENARIOS = {
                    desc="GET 128 B over TLS 1.2, keep-alive, 64 conns"),
     "tlsnew": dict(path="/128.bin", conns=32, close=True, tls=True,
                    desc="GET 128 B over TLS 1.2, a new connection (full handshake) each, 32 conns"),
+    # Plain clients, TLS from the proxy to the upstream (a TLS listener of the upstream nginx
+    # with the same certificate, pooled keep-alive connections, no verification: the
+    # certificate is self-signed). direct: wrk to the upstream's plain listener.
+    "uptls128": dict(path="/tlsup/128.bin", conns=64, uptls=True,
+                     desc="GET 128 B, keep-alive, proxy -> upstream over TLS 1.2, 64 conns"),
 }
 TLS_SCENARIOS = [k for k, v in SCENARIOS.items() if v.get("tls")]
+UPTLS_SCENARIOS = [k for k, v in SCENARIOS.items() if v.get("uptls")]
 ALL_TARGETS = ["direct", "nginx", "haproxy", "gateway"]
 # The gateway with one policy each, to price it: (route settings, upstream settings) added to
 # perf/conf/gateway.conf. "gateway" itself runs the defaults (deadline header on, one retry on
@@ -726,8 +732,15 @@ def start_target(name, args, tmp, ports, files):
                "%s/tls.key; ssl_protocols TLSv1.2; ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:"
                "ECDHE-ECDSA-AES256-GCM-SHA384;" % (ports[name + "_tls"], tmp, tmp)) \
             if args.tls else ""
+        uptls_up = ("upstream app_tls { server 127.0.0.1:%d; keepalive 64; "
+                    "keepalive_requests 1000000; keepalive_timeout 300s; }"
+                    % ports["upstream_tls"]) if args.tls else ""
+        uptls_loc = ("location /tlsup/ { proxy_pass https://app_tls; proxy_http_version 1.1; "
+                     "proxy_set_header Connection \"\"; proxy_ssl_session_reuse on; "
+                     "proxy_ssl_protocols TLSv1.2; }") if args.tls else ""
         cfg = render("proxy-nginx.conf", os.path.join(tmp, "nginx-proxy.conf"),
-                     DIR=tmp, PORT=port, UPPORT=up, TLS_LISTEN=tls)
+                     DIR=tmp, PORT=port, UPPORT=up, TLS_LISTEN=tls, UPTLS_UPSTREAM=uptls_up,
+                     UPTLS_LOCATION=uptls_loc)
         variants = [["taskset", "-c", PROXY_CPU, nginx, "-p", tmp + "/", "-c", cfg,
                      "-e", os.path.join(tmp, "nginx-proxy-error.log")]]
     elif name == "haproxy":
@@ -736,8 +749,12 @@ def start_target(name, args, tmp, ports, files):
             return None, "haproxy binary not found"
         tls = ("bind 127.0.0.1:%d ssl crt %s/tls.pem ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2"
                % (ports[name + "_tls"], tmp)) if args.tls else ""
+        uptls_use = "use_backend app_tls if { path_beg /tlsup/ }" if args.tls else ""
+        uptls_be = ("backend app_tls\n    server s1 127.0.0.1:%d ssl verify none "
+                    "ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2" % ports["upstream_tls"]) \
+            if args.tls else ""
         cfg = render("haproxy.cfg", os.path.join(tmp, "haproxy.cfg"), PORT=port, UPPORT=up,
-                     TLS_BIND=tls)
+                     TLS_BIND=tls, UPTLS_USE=uptls_use, UPTLS_BACKEND=uptls_be)
         variants = [["taskset", "-c", PROXY_CPU, hap, "-db", "-f", cfg]]
     elif name == "gateway" or name in GATEWAY_VARIANTS or name in ("gw-alt", "gw-scrape"):
         gw = os.path.abspath(args.alt_bin if name == "gw-alt" else args.gateway_bin)
@@ -748,9 +765,14 @@ def start_target(name, args, tmp, ports, files):
                'ciphers = [ "TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256", '
                '"TLS-ECDHE-ECDSA-WITH-AES-256-GCM-SHA384" ]; }; }'
                % (ports[name + "_tls"], tmp, tmp)) if args.tls else ""
+        uptls_up = (', { name = "app_tls"; servers = ( "127.0.0.1:%d" ); keepalive = 64; '
+                    'tls = { verify = false; }; }' % ports["upstream_tls"]) if args.tls else ""
+        uptls_route = ('{ name = "tlsup"; path_prefix = "/tlsup/"; upstream = "app_tls"; '
+                       'timeout_ms = 30000; %s },' % route_extra) if args.tls else ""
         cfg = render("gateway.conf", os.path.join(tmp, name + ".conf"), PORT=port,
                      ADMINPORT=ports[name + "_admin"], UPPORT=up, ROUTE_EXTRA=route_extra,
-                     UPSTREAM_EXTRA=up_extra, TLS_LISTEN=tls)
+                     UPSTREAM_EXTRA=up_extra, TLS_LISTEN=tls, UPTLS_UPSTREAM=uptls_up,
+                     UPTLS_ROUTE=uptls_route)
         forms = [args.gateway_args] if args.gateway_args else ["-c {config}", "{config}"]
         variants = [["taskset", "-c", PROXY_CPU, gw] + [w.replace("{config}", cfg) for w in f.split()]
                     for f in forms]
@@ -828,14 +850,14 @@ def main():
                 os.chmod(os.path.join(root, fn), 0o644)
         os.makedirs(os.path.join(tmp, "upstream-tmp"))
 
-        pnames = ["upstream", "nginx", "haproxy", "gateway", "gateway_admin", "nginx_tls",
-                  "haproxy_tls", "gateway_tls"]
+        pnames = ["upstream", "upstream_tls", "nginx", "haproxy", "gateway", "gateway_admin",
+                  "nginx_tls", "haproxy_tls", "gateway_tls"]
         for v in EXTRA_TARGETS:
             pnames += [v, v + "_admin", v + "_tls"]
         ports = dict(zip(pnames, free_ports(len(pnames))))
         ports["direct"] = ports["upstream"]
         # TLS scenarios: one self-signed P-256 certificate for every proxy (wrk does not verify)
-        args.tls = bool(set(args.scenarios) & set(TLS_SCENARIOS))
+        args.tls = bool(set(args.scenarios) & set(TLS_SCENARIOS + UPTLS_SCENARIOS))
         if args.tls:
             try:
                 subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
@@ -849,15 +871,19 @@ def main():
                             pem.write(f.read())
             except (OSError, subprocess.CalledProcessError) as e:
                 args.tls = False
-                for sc in TLS_SCENARIOS:
+                for sc in TLS_SCENARIOS + UPTLS_SCENARIOS:
                     for t in args.targets:
                         skipped[(sc, t)] = "no certificate (openssl: %s)" % e
         for sc in TLS_SCENARIOS:
             skipped.setdefault((sc, "direct"), "the upstream speaks no TLS")
 
         # upstream on CPU 0
+        uptls = ("server { listen 127.0.0.1:%d ssl backlog=4096; ssl_certificate %s/tls.crt; "
+                 "ssl_certificate_key %s/tls.key; ssl_protocols TLSv1.2; "
+                 "ssl_session_cache shared:up:1m; location /tlsup/ { alias %s/www/; } }"
+                 % (ports["upstream_tls"], tmp, tmp, tmp)) if args.tls else ""
         cfg = render("upstream-nginx.conf", os.path.join(tmp, "upstream.conf"),
-                     DIR=tmp, PORT=ports["upstream"])
+                     DIR=tmp, PORT=ports["upstream"], UPTLS_SERVER=uptls)
         up = Proc("upstream", ["taskset", "-c", WRK_CPU, upstream_nginx, "-p", tmp + "/",
                                "-c", cfg, "-e", os.path.join(tmp, "upstream-error.log")], tmp)
         procs["upstream"] = up

@@ -276,8 +276,17 @@ static int load_suites(struct gw_tls_ctx *ctx, char *const *configured, const st
     return 0;
 }
 
+/* ECDHE groups, fastest first. mbedtls 2.28's default list is ordered by
+ * size, so a server picked secp521r1 for every OpenSSL client (which offers
+ * it) and a client offered it first: a handshake cost several times what
+ * X25519 costs on both ends (openssl s_client said "Server Temp Key: ECDH,
+ * secp521r1"). */
+static const mbedtls_ecp_group_id tls_curves[] = {
+    MBEDTLS_ECP_DP_CURVE25519, MBEDTLS_ECP_DP_SECP256R1, MBEDTLS_ECP_DP_SECP384R1,
+    MBEDTLS_ECP_DP_NONE};
+
 /* The settings both sides share: OS randomness, TLS 1.2 and newer, the
- * suites, no renegotiation. */
+ * suites and groups, no renegotiation. */
 static int conf_common(struct gw_tls_ctx *ctx, int endpoint, const struct where *at, char *err,
                        size_t errlen)
 {
@@ -290,6 +299,7 @@ static int conf_common(struct gw_tls_ctx *ctx, int endpoint, const struct where 
                                  MBEDTLS_SSL_MINOR_VERSION_3);
     mbedtls_ssl_conf_ciphersuites(&ctx->conf, ctx->suites);
     mbedtls_ssl_conf_renegotiation(&ctx->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+    mbedtls_ssl_conf_curves(&ctx->conf, tls_curves);
     return 0;
 }
 

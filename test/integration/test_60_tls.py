@@ -222,3 +222,15 @@ def test_config_errors(gateway_bin, tmp_path, certs, case):
     out = subprocess.run([gateway_bin, "-t", "-c", str(conf)], capture_output=True, text=True)
     assert out.returncode == 1
     assert "t.conf:2: " in out.stderr and want in out.stderr, out.stderr
+
+
+def test_ecdhe_group_is_x25519(gateway_factory, upstream, certs):
+    """An OpenSSL client offers X25519 first and secp521r1 too; mbedtls 2.28's default order
+    (largest first) picked secp521r1, several times slower on both ends."""
+    crt, key = certs.site
+    gw = gateway_factory(settings=tls_settings(upstream, {"cert": crt, "key": key}))
+    out = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % gw.port,
+                          "-servername", "localhost"], input=b"", capture_output=True,
+                         timeout=10)
+    text = out.stdout.decode(errors="replace")
+    assert "Server Temp Key: X25519" in text, text[-2000:]
