@@ -234,3 +234,25 @@ def test_ecdhe_group_is_x25519(gateway_factory, upstream, certs):
                          timeout=10)
     text = out.stdout.decode(errors="replace")
     assert "Server Temp Key: X25519" in text, text[-2000:]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is missing")
+def test_curl_with_cacert(gateway_factory, upstream, certs):
+    """What an operator tries first: curl --cacert, by name (SNI, verification), keep-alive
+    for two URLs on one connection, and a 1 MiB upload."""
+    crt, key = certs.site
+    gw = gateway_factory(settings=tls_settings(upstream, {"cert": crt, "key": key}))
+    url = "https://site.test:%d" % gw.port
+    resolve = "site.test:%d:127.0.0.1" % gw.port
+    out = subprocess.run(["curl", "-sS", "--cacert", certs.ca, "--resolve", resolve,
+                          "-w", "%{http_code} %{num_connects}\\n", url + "/ok", url + "/ok"],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["ok200 1", "ok200 0"], out.stdout
+    body = gw.workdir / "up.bin"
+    body.write_bytes(pattern(1 << 20))
+    out = subprocess.run(["curl", "-sS", "--cacert", certs.ca, "--resolve", resolve,
+                          "--data-binary", "@%s" % body, url + "/upload"],
+                         capture_output=True, text=True, timeout=20)
+    doc = json.loads(out.stdout)
+    assert doc["length"] == 1 << 20 and doc["sha256"] == hashlib.sha256(pattern(1 << 20)).hexdigest()
