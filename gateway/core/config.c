@@ -44,7 +44,7 @@ static const char *const limits_keys[] = {"max_header_bytes",  "max_body_bytes",
 static const char *const upstream_keys[] = {
     "name",    "servers",      "balance",     "keepalive", "connect_timeout_ms",
     "breaker", "max_requests", "max_pending", "tls", NULL};
-static const char *const upstream_tls_keys[] = {"verify", "ca",  "sni",     "cert",
+static const char *const upstream_tls_keys[] = {"verify", "ca",      "sni", "cert",
                                                 "key",    "ciphers", NULL};
 static const char *const breaker_keys[] = {"failures",     "error_rate", "window_ms",
                                            "min_requests", "open_ms",    "half_open_requests",

@@ -144,7 +144,9 @@ static void put_upstream(FILE *f, const struct gw_upstream *u)
         const char *tind = "        ";
         fputs("      tls = {\n", f);
         put_b(f, tind, "verify", u->tls.verify);
-        put_kstr(f, tind, "ca", u->tls.ca != NULL ? u->tls.ca : GW_DEFAULT_CA);
+        /* the default bundle is loaded only to verify */
+        if (u->tls.ca != NULL || u->tls.verify)
+            put_kstr(f, tind, "ca", u->tls.ca != NULL ? u->tls.ca : GW_DEFAULT_CA);
         if (u->tls.sni != NULL)
             put_kstr(f, tind, "sni", u->tls.sni);
         if (u->tls.cert != NULL) {

@@ -391,12 +391,9 @@ static void on_send(struct gw_op *op, int res, unsigned flags)
     if (c->tls != NULL) {
         /* ciphertext: the rest of the frozen buffer, then whatever was
          * encrypted meanwhile, and only then is the send done */
-        if (!gw_tls_sent(c->tls, (size_t)res)) {
-            tls_send_slice(c, gw_tls_out_rest(c->tls));
-            return;
-        }
-        if (gw_tls_has_out(c->tls)) {
-            tls_flush(c);
+        struct gw_slice next = gw_tls_sent(c->tls, (size_t)res);
+        if (next.len > 0) {
+            tls_send_slice(c, next);
             return;
         }
         goto sent;
@@ -1509,6 +1506,22 @@ void gw_req_up_data(struct gw_req *r, int res)
  * direction, and the recv of a direction armed again only when its last
  * bytes went out, so neither side can flood the gateway's memory. */
 
+/* Moves what the client sent (as much as uout holds) to the upstream;
+ * returns how many bytes. */
+static size_t tunnel_send_client_bytes(struct gw_req *r)
+{
+    struct gw_conn *c = r->c;
+    size_t n = c->in.len < r->uout.cap ? c->in.len : r->uout.cap;
+
+    r->uout.off = 0;
+    r->uout.len = n;
+    memcpy(r->uout.data, gw_buf_head(&c->in), n);
+    gw_buf_consume(&c->in, n);
+    r->uout_sending = true;
+    gw_upconn_send(r->up, r->uout.data, n);
+    return n;
+}
+
 static void tunnel_end(struct gw_req *r)
 {
     if (r->up != NULL)
@@ -1567,14 +1580,7 @@ static void tcopy_down(struct gw_req *r)
     if (!r->tunnel_copy || r->aborting || r->tunnel_down_done || r->uout_sending)
         return;
     if (c->in.len > 0) {
-        size_t n = c->in.len < r->uout.cap ? c->in.len : r->uout.cap;
-        r->uout.off = 0;
-        r->uout.len = n;
-        memcpy(r->uout.data, gw_buf_head(&c->in), n);
-        gw_buf_consume(&c->in, n);
-        r->tunnel_copied += n;
-        r->uout_sending = true;
-        gw_upconn_send(r->up, r->uout.data, n);
+        r->tunnel_copied += tunnel_send_client_bytes(r);
         return;
     }
     if (c->flags & GW_C_PEER_EOF) {
@@ -1677,13 +1683,7 @@ static void tunnel_continue(struct gw_req *r)
     }
     if (c->in.len > 0) {
         /* Bytes the client sent after its upgrade request go first. */
-        size_t n = c->in.len < r->uout.cap ? c->in.len : r->uout.cap;
-        r->uout.off = 0;
-        r->uout.len = n;
-        memcpy(r->uout.data, gw_buf_head(&c->in), n);
-        gw_buf_consume(&c->in, n);
-        r->uout_sending = true;
-        gw_upconn_send(r->up, r->uout.data, n);
+        tunnel_send_client_bytes(r);
         return;
     }
     if (!req_splice_ok(r)) {

@@ -274,6 +274,7 @@ static void tls_fail(struct gw_upconn *u, int err)
 static void on_tls_send(struct gw_op *op, int res, unsigned flags)
 {
     struct gw_upconn *u = container_of(op, struct gw_upconn, send_op);
+    struct gw_slice next;
     size_t plain;
     (void)flags;
     u->refs--;
@@ -295,12 +296,9 @@ static void on_tls_send(struct gw_op *op, int res, unsigned flags)
         }
         return;
     }
-    if (!gw_tls_sent(u->tls, (size_t)res)) {
-        tls_send_slice(u, gw_tls_out_rest(u->tls));
-        return;
-    }
-    if (gw_tls_has_out(u->tls)) {
-        tls_flush(u);
+    next = gw_tls_sent(u->tls, (size_t)res);
+    if (next.len > 0) {
+        tls_send_slice(u, next);
         return;
     }
     if (u->tls_plain > 0) {

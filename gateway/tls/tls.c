@@ -568,28 +568,17 @@ struct gw_slice gw_tls_out_take(struct gw_tls_conn *t)
     return gw_slice(b->p + b->off, b->len);
 }
 
-bool gw_tls_sent(struct gw_tls_conn *t, size_t n)
+struct gw_slice gw_tls_sent(struct gw_tls_conn *t, size_t n)
 {
     struct bytes *b = &t->out[t->fill ^ 1];
 
     b->off += n;
     b->len -= n;
     if (b->len > 0)
-        return false;
+        return gw_slice(b->p + b->off, b->len); /* a short send: the rest */
     b->off = 0;
     t->taken = false;
-    return true;
-}
-
-struct gw_slice gw_tls_out_rest(const struct gw_tls_conn *t)
-{
-    const struct bytes *b = &t->out[t->fill ^ 1];
-    return gw_slice(b->p + b->off, b->len);
-}
-
-bool gw_tls_has_out(const struct gw_tls_conn *t)
-{
-    return t->out[t->fill].len > 0;
+    return gw_tls_out_take(t); /* what was encrypted meanwhile, if anything */
 }
 
 const char *gw_tls_alpn(const struct gw_tls_conn *t)

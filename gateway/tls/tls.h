@@ -64,11 +64,10 @@ int gw_tls_write(struct gw_tls_conn *t, const char *p, size_t n);
 /* Ciphertext to send: the buffer to hand to one send, frozen until
  * gw_tls_sent reports it gone; NULL when nothing waits. */
 struct gw_slice gw_tls_out_take(struct gw_tls_conn *t);
-/* n bytes of the taken buffer were sent; true when all of it was. */
-bool gw_tls_sent(struct gw_tls_conn *t, size_t n);
-/* The rest of the taken buffer, after a short send. */
-struct gw_slice gw_tls_out_rest(const struct gw_tls_conn *t);
-bool gw_tls_has_out(const struct gw_tls_conn *t);
+/* n bytes of the taken buffer were sent. Returns what to send next: the
+ * rest of it after a short send, else whatever was encrypted meanwhile
+ * (taken, as by gw_tls_out_take); an empty slice when all is out. */
+struct gw_slice gw_tls_sent(struct gw_tls_conn *t, size_t n);
 
 /* The ALPN protocol chosen, or NULL. */
 const char *gw_tls_alpn(const struct gw_tls_conn *t);
