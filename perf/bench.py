@@ -699,6 +699,10 @@ def parse_args():
                          "(default: try '-c {config}', then '{config}')")
     ap.add_argument("--scrape-ms", type=int, default=100,
                     help="gw-scrape: fetch /metrics this often during each run (default 100)")
+    ap.add_argument("--no-defer-accept", dest="defer_accept", action="store_false",
+                    help="listen without TCP_DEFER_ACCEPT on every proxy (nginx 'deferred', "
+                         "HAProxy 'defer-accept' and the gateway's defer_accept are on by "
+                         "default, so that all three take new connections the same way)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     ap.add_argument("--no-json", action="store_true", help="do not write perf/results/*.json")
     a = ap.parse_args()
@@ -728,9 +732,10 @@ def start_target(name, args, tmp, ports, files):
         if not os.path.exists(nginx):
             return None, "nginx binary not found"
         os.makedirs(os.path.join(tmp, "nginx-proxy-tmp"), exist_ok=True)
-        tls = ("listen 127.0.0.1:%d ssl; ssl_certificate %s/tls.crt; ssl_certificate_key "
+        defer = " deferred" if args.defer_accept else ""
+        tls = ("listen 127.0.0.1:%d ssl%s; ssl_certificate %s/tls.crt; ssl_certificate_key "
                "%s/tls.key; ssl_protocols TLSv1.2; ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:"
-               "ECDHE-ECDSA-AES256-GCM-SHA384;" % (ports[name + "_tls"], tmp, tmp)) \
+               "ECDHE-ECDSA-AES256-GCM-SHA384;" % (ports[name + "_tls"], defer, tmp, tmp)) \
             if args.tls else ""
         uptls_up = ("upstream app_tls { server 127.0.0.1:%d; keepalive 64; "
                     "keepalive_requests 1000000; keepalive_timeout 300s; }"
@@ -739,7 +744,8 @@ def start_target(name, args, tmp, ports, files):
                      "proxy_set_header Connection \"\"; proxy_ssl_session_reuse on; "
                      "proxy_ssl_protocols TLSv1.2; }") if args.tls else ""
         cfg = render("proxy-nginx.conf", os.path.join(tmp, "nginx-proxy.conf"),
-                     DIR=tmp, PORT=port, UPPORT=up, TLS_LISTEN=tls, UPTLS_UPSTREAM=uptls_up,
+                     DIR=tmp, PORT=port, DEFER=defer, UPPORT=up, TLS_LISTEN=tls,
+                     UPTLS_UPSTREAM=uptls_up,
                      UPTLS_LOCATION=uptls_loc)
         variants = [["taskset", "-c", PROXY_CPU, nginx, "-p", tmp + "/", "-c", cfg,
                      "-e", os.path.join(tmp, "nginx-proxy-error.log")]]
@@ -747,13 +753,15 @@ def start_target(name, args, tmp, ports, files):
         hap = shutil.which("haproxy") or "/usr/sbin/haproxy"
         if not os.path.exists(hap):
             return None, "haproxy binary not found"
-        tls = ("bind 127.0.0.1:%d ssl crt %s/tls.pem ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2"
-               % (ports[name + "_tls"], tmp)) if args.tls else ""
+        defer = " defer-accept" if args.defer_accept else ""
+        tls = ("bind 127.0.0.1:%d ssl crt %s/tls.pem ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2%s"
+               % (ports[name + "_tls"], tmp, defer)) if args.tls else ""
         uptls_use = "use_backend app_tls if { path_beg /tlsup/ }" if args.tls else ""
         uptls_be = ("backend app_tls\n    server s1 127.0.0.1:%d ssl verify none "
                     "ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2" % ports["upstream_tls"]) \
             if args.tls else ""
-        cfg = render("haproxy.cfg", os.path.join(tmp, "haproxy.cfg"), PORT=port, UPPORT=up,
+        cfg = render("haproxy.cfg", os.path.join(tmp, "haproxy.cfg"), PORT=port, DEFER=defer,
+                     UPPORT=up,
                      TLS_BIND=tls, UPTLS_USE=uptls_use, UPTLS_BACKEND=uptls_be)
         variants = [["taskset", "-c", PROXY_CPU, hap, "-db", "-f", cfg]]
     elif name == "gateway" or name in GATEWAY_VARIANTS or name in ("gw-alt", "gw-scrape"):
@@ -761,15 +769,16 @@ def start_target(name, args, tmp, ports, files):
         if not (os.path.isfile(gw) and os.access(gw, os.X_OK)):
             return None, "binary %s is missing (build it first)" % gw
         route_extra, up_extra = GATEWAY_VARIANTS.get(name, ("", ""))
-        tls = (', { address = "127.0.0.1:%d"; tls = { cert = "%s/tls.crt"; key = "%s/tls.key"; '
-               'ciphers = [ "TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256", '
+        defer = "defer_accept = %s;" % ("true" if args.defer_accept else "false")
+        tls = (', { address = "127.0.0.1:%d"; %s tls = { cert = "%s/tls.crt"; '
+               'key = "%s/tls.key"; ciphers = [ "TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256", '
                '"TLS-ECDHE-ECDSA-WITH-AES-256-GCM-SHA384" ]; }; }'
-               % (ports[name + "_tls"], tmp, tmp)) if args.tls else ""
+               % (ports[name + "_tls"], defer, tmp, tmp)) if args.tls else ""
         uptls_up = (', { name = "app_tls"; servers = ( "127.0.0.1:%d" ); keepalive = 64; '
                     'tls = { verify = false; }; }' % ports["upstream_tls"]) if args.tls else ""
         uptls_route = ('{ name = "tlsup"; path_prefix = "/tlsup/"; upstream = "app_tls"; '
                        'timeout_ms = 30000; %s },' % route_extra) if args.tls else ""
-        cfg = render("gateway.conf", os.path.join(tmp, name + ".conf"), PORT=port,
+        cfg = render("gateway.conf", os.path.join(tmp, name + ".conf"), PORT=port, DEFER=defer,
                      ADMINPORT=ports[name + "_admin"], UPPORT=up, ROUTE_EXTRA=route_extra,
                      UPSTREAM_EXTRA=up_extra, TLS_LISTEN=tls, UPTLS_UPSTREAM=uptls_up,
                      UPTLS_ROUTE=uptls_route)
@@ -898,6 +907,8 @@ def main():
             raise RuntimeError("upstream checks failed: %s" % bad)
         log("upstream: nginx on 127.0.0.1:%d (CPU %s), POST sink reads the whole body: ok"
             % (ports["upstream"], WRK_CPU))
+        log("proxies listen with TCP_DEFER_ACCEPT %s (--no-defer-accept turns it off)"
+            % ("on" if args.defer_accept else "off"))
 
         # proxies on CPU 1
         active = []
@@ -1030,7 +1041,8 @@ def main():
             "interrupted": interrupted,
             "args": {"duration": args.duration, "rounds": args.rounds,
                      "scenarios": args.scenarios, "targets": args.targets,
-                     "gateway_bin": os.path.abspath(args.gateway_bin)},
+                     "gateway_bin": os.path.abspath(args.gateway_bin),
+                     "defer_accept": args.defer_accept},
             "method": {"wrk_cpu": WRK_CPU, "proxy_cpu": PROXY_CPU,
                        "noise_limit_pct": NOISE_LIMIT_PCT, "clk_tck": CLK_TCK},
             "host": {"uname": " ".join(os.uname()), "cpus": os.cpu_count(),

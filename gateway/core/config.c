@@ -33,7 +33,8 @@ static const char *const top_keys[] = {"workers",   "access_log", "drain_timeout
                                        "listen",    "admin",      "limits",
                                        "upstreams", "routes",     "trusted_proxies",
                                        "cache",     "redis",      NULL};
-static const char *const listen_keys[] = {"address", "deadline_header", "tls", NULL};
+static const char *const listen_keys[] = {"address", "deadline_header", "defer_accept", "tls",
+                                          NULL};
 static const char *const tls_keys[] = {"cert", "key", "certs", "min_version", "ciphers", "alpn",
                                        NULL};
 static const char *const tls_cert_keys[] = {"cert", "key", NULL};
@@ -544,6 +545,8 @@ static int parse_listens(struct ctx *c, const config_setting_t *root, struct gw_
         }
         cfg->nlistens++;
         if (get_header_name(c, g, "deadline_header", true, &l->deadline_header) == -1)
+            return -1;
+        if (get_bool(c, g, "defer_accept", true, &l->defer_accept) == -1)
             return -1;
         if (parse_tls(c, g, &l->tls) == -1)
             return -1;

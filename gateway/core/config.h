@@ -68,6 +68,7 @@ struct gw_upstream_tls_conf {
 struct gw_listen {
     struct gw_sockaddr addr;
     char *deadline_header; /* NULL: the route's (or the default) applies */
+    bool defer_accept;     /* TCP_DEFER_ACCEPT: accepted once the first bytes came */
     unsigned slot;         /* set by main: the same for the same address across reloads */
     struct gw_tls_conf tls;
     struct gw_tls_ctx *tls_ctx; /* loaded by gw_tls_load after the config; NULL: plain */

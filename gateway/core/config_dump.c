@@ -287,6 +287,7 @@ void gw_config_dump(const struct gw_config *cfg, FILE *f)
             fputs("; deadline_header = ", f);
             put_str(f, cfg->listens[i].deadline_header);
         }
+        fprintf(f, "; defer_accept = %s", cfg->listens[i].defer_accept ? "true" : "false");
         if (cfg->listens[i].tls.enabled) {
             const struct gw_tls_conf *t = &cfg->listens[i].tls;
             static char *const http11[] = {"http/1.1"};

@@ -649,6 +649,10 @@ enum gw_acquire gw_upstream_acquire(struct gw_req *r, bool fresh, enum gw_reject
     p->active++;
     pool_gauges(w, p);
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* The handshake's last ACK waits a moment and leaves with the request
+     * (or the ClientHello), which follows the connect at once: one
+     * segment less per new upstream connection, as HAProxy does. */
+    setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &(int){0}, sizeof(int));
     u->fd = fd;
     gw_bufpool_get(&w->out_pool, &u->in);
     gw_stat_add(&ss->connects, 1);

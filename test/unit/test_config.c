@@ -110,6 +110,7 @@ static void test_defaults(void)
     is(cfg->limits.header_timeout_ms, 10000, "header_timeout_ms");
     is(cfg->limits.idle_timeout_ms, 60000, "idle_timeout_ms");
     is(cfg->limits.max_connections, 10000, "max_connections");
+    ok(cfg->listens[0].defer_accept, "defer_accept true");
     is(cfg->upstreams[0].balance, GW_BALANCE_ROUND_ROBIN, "round_robin");
     is(cfg->upstreams[0].keepalive, 32, "keepalive");
     is(cfg->upstreams[0].connect_timeout_ms, 1000, "connect_timeout_ms");
@@ -275,6 +276,8 @@ static void test_types(void)
     load_err("listen = \"0.0.0.0:80\";\n", 1, "'listen' must be a list of groups");
     load_err("listen = ( \"0.0.0.0:80\" );\n", 1, "must be a group");
     load_err("listen = ( { address = 80; } );\n", 1, "'address' must be a string");
+    load_err("listen = ( { address = \"127.0.0.1:80\";\n defer_accept = 0; } );\n", 2,
+             "'defer_accept' must be true or false");
     load_err(LISTEN "upstreams = { name = \"a\"; };\n", 2, "'upstreams' must be a list");
     load_err(LISTEN "upstreams = ( { name = \"a\";\n servers = \"1.2.3.4:5\"; } );\n", 3,
              "'servers' must be a list");
