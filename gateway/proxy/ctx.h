@@ -273,6 +273,7 @@ enum {
     GW_C_HOLD_RECV = 1 << 5, /* keep the recv stopped (splice, tunnel) */
     GW_C_IN_HEAD = 1 << 6,   /* bytes of a request head have arrived */
     GW_C_FREED = 1 << 7,     /* back on the free list: nothing may free it again */
+    GW_C_TLS_BYE = 1 << 8,   /* closing: the close_notify still goes out first */
 };
 
 struct gw_conn {

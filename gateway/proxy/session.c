@@ -378,6 +378,14 @@ static void on_send(struct gw_op *op, int res, unsigned flags)
     c->refs--;
     c->flags &= ~GW_C_SEND_BUSY;
     if (c->flags & GW_C_CLOSING) {
+        if ((c->flags & GW_C_TLS_BYE) && res > 0) {
+            /* the last of the ciphertext, close_notify included */
+            struct gw_slice next = gw_tls_sent(c->tls, (size_t)res);
+            if (next.len > 0) {
+                tls_send_slice(c, next);
+                return;
+            }
+        }
         conn_closing_progress(c);
         return;
     }
@@ -486,6 +494,16 @@ static void on_conn_timer(struct gw_timer *t)
 {
     struct gw_conn *c = container_of(t, struct gw_conn, timer);
 
+    if (c->flags & GW_C_TLS_BYE) {
+        /* a client that does not read keeps its close_notify no longer */
+        c->flags &= ~GW_C_TLS_BYE;
+        if (c->refs > 0) {
+            struct io_uring_sqe *sqe = gw_ring_sqe(&c->w->ring);
+            io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL);
+            gw_sqe_op(sqe, NULL);
+        }
+        return;
+    }
     if (c->req != NULL || (c->flags & GW_C_CLOSING))
         return;
     if ((c->flags & GW_C_IN_HEAD) && c->in.len > 0 && !(c->flags & GW_C_SEND_BUSY))
@@ -2861,8 +2879,12 @@ static void conn_process(struct gw_conn *c)
 
 /* ---- connection life ---------------------------------------------------- */
 
+#define TLS_BYE_MS 1000 /* how long a close_notify may wait for the client to read */
+
 /* Closes gracefully: nothing new is read; what is in flight completes or
- * is cancelled; the socket closes after the last CQE. */
+ * is cancelled; the socket closes after the last CQE. A TLS stream ends
+ * with close_notify, without which a client cannot tell the end from a
+ * cut (OpenSSL 3: "unexpected eof while reading"). */
 static void conn_close(struct gw_conn *c)
 {
     struct io_uring_sqe *sqe;
@@ -2877,6 +2899,11 @@ static void conn_close(struct gw_conn *c)
         sqe = gw_ring_sqe(&c->w->ring);
         io_uring_prep_cancel(sqe, &c->recv_op, 0);
         gw_sqe_op(sqe, NULL);
+    }
+    if (c->tls != NULL && c->tls_open && gw_tls_close_notify(c->tls) == 0) {
+        c->flags |= GW_C_TLS_BYE;
+        tls_flush(c);
+        set_conn_timer(c, TLS_BYE_MS);
     }
     conn_free_if_done(c);
 }
@@ -2899,6 +2926,7 @@ static void conn_abort(struct gw_conn *c)
          * body. */
         setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     c->flags |= GW_C_CLOSING;
+    c->flags &= ~GW_C_TLS_BYE;
     c->deferred = NULL;
     gw_timer_cancel(&c->w->timers, &c->timer);
     if (c->req != NULL)

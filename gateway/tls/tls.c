@@ -556,6 +556,11 @@ int gw_tls_write(struct gw_tls_conn *t, const char *p, size_t n)
     return 0;
 }
 
+int gw_tls_close_notify(struct gw_tls_conn *t)
+{
+    return mbedtls_ssl_close_notify(&t->ssl) == 0 ? 0 : -1;
+}
+
 struct gw_slice gw_tls_out_take(struct gw_tls_conn *t)
 {
     struct bytes *b;

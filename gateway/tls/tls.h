@@ -61,6 +61,10 @@ bool gw_tls_pending(const struct gw_tls_conn *t);
 /* Encrypts all of p. Returns 0, or -1 when the connection is broken. */
 int gw_tls_write(struct gw_tls_conn *t, const char *p, size_t n);
 
+/* Queues a close_notify alert behind what is already encrypted, to go out
+ * like any other ciphertext. Returns 0, or -1 when the stream is broken. */
+int gw_tls_close_notify(struct gw_tls_conn *t);
+
 /* Ciphertext to send: the buffer to hand to one send, frozen until
  * gw_tls_sent reports it gone; NULL when nothing waits. */
 struct gw_slice gw_tls_out_take(struct gw_tls_conn *t);

@@ -256,3 +256,39 @@ def test_curl_with_cacert(gateway_factory, upstream, certs):
                          capture_output=True, text=True, timeout=20)
     doc = json.loads(out.stdout)
     assert doc["length"] == 1 << 20 and doc["sha256"] == hashlib.sha256(pattern(1 << 20)).hexdigest()
+
+
+def read_to_close(t):
+    """Everything until the TLS stream ends. With suppress_ragged_eofs=False and without
+    OP_IGNORE_UNEXPECTED_EOF, a TCP stream that ends without close_notify raises
+    ssl.SSLError (UNEXPECTED_EOF_WHILE_READING) instead."""
+    data = b""
+    while True:
+        chunk = t.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_close_sends_close_notify(gateway_factory, upstream, certs):
+    """The gateway ends a TLS connection it closes with close_notify before the FIN: after a
+    Connection: close response and when an idle keep-alive connection times out. A client then
+    sees a clean end of stream, not a truncation (OpenSSL 3's 'unexpected eof while reading',
+    curl's error 56 on a body that ends with the connection)."""
+    crt, key = certs.site
+    gw = gateway_factory(settings=tls_settings(upstream, {"cert": crt, "key": key},
+                                               limits={"idle_timeout_ms": 300}))
+    ctx = client_ctx(certs, alpn=None)
+    ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF  # Python sets it by default
+    for close in (True, False):
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+            with ctx.wrap_socket(s, server_hostname="localhost",
+                                 suppress_ragged_eofs=False) as t:
+                t.sendall(b"GET /ok HTTP/1.1\r\nHost: localhost\r\n%s\r\n"
+                          % (b"Connection: close\r\n" if close else b""))
+                try:
+                    data = read_to_close(t)
+                except ssl.SSLError as e:
+                    pytest.fail("closed without close_notify (Connection: close %s): %s"
+                                % (close, e))
+        assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"\r\n\r\nok"), data
