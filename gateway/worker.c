@@ -50,8 +50,10 @@ struct listener {
     bool defer_accept; /* as last set on fd */
     bool armed;
     bool closing; /* retired by a reload */
+    bool in_grace; /* retired, but still taking in deferred connections */
     struct gw_op accept_op;
     struct gw_timer retry;  /* re-arm after a resource error (EMFILE...) */
+    struct gw_timer grace;  /* end of in_grace */
     uint64_t last_log_ms;
 };
 
@@ -64,6 +66,7 @@ struct gw_worker {
     bool ev_armed;
     struct listener *ls;
     unsigned listeners_armed;
+    unsigned listeners_grace; /* retired listeners still in their grace */
     struct gw_config *start_cfg;
     unsigned nworkers;
     _Atomic int state;
@@ -112,6 +115,7 @@ static void on_accept_retry(struct gw_timer *t)
 }
 
 static void listener_finish(struct listener *l);
+static void on_grace_end(struct gw_timer *t);
 
 static void on_accept(struct gw_op *op, int res, unsigned flags)
 {
@@ -125,7 +129,7 @@ static void on_accept(struct gw_op *op, int res, unsigned flags)
     if (res >= 0)
         gw_conn_accepted(&wk->ctx, res, l->slot);
     if (l->closing) {
-        if (!l->armed)
+        if (!l->armed && !l->in_grace)
             listener_finish(l);
         return;
     }
@@ -233,6 +237,7 @@ static int add_listener(struct gw_worker *wk, const struct gw_listen *ln, char *
     listener_options(l, ln->defer_accept);
     l->accept_op.cb = on_accept;
     gw_timer_init(&l->retry, on_accept_retry);
+    gw_timer_init(&l->grace, on_grace_end);
     l->next = wk->ls;
     wk->ls = l;
     arm_accept(l);
@@ -252,6 +257,7 @@ static void listener_finish(struct listener *l)
         gw_conn_accepted(&wk->ctx, fd, l->slot);
     close(l->fd);
     gw_timer_cancel(&wk->ctx.timers, &l->retry);
+    gw_timer_cancel(&wk->ctx.timers, &l->grace);
     for (pp = &wk->ls; *pp != NULL; pp = &(*pp)->next)
         if (*pp == l) {
             *pp = l->next;
@@ -260,12 +266,89 @@ static void listener_finish(struct listener *l)
     free(l);
 }
 
+#define DEFER_GRACE_MS 200
+
+/* Addresses whose retired listeners are in their grace: their port is
+ * still ours, and gw_workers_check_listen (main thread) must not take it
+ * for another process's when a reload brings the address back. */
+static pthread_mutex_t grace_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    char text[sizeof(((struct gw_sockaddr *)0)->text)];
+    unsigned n;
+} grace_addrs[64];
+
+static void grace_mark(const char *text, bool add)
+{
+    size_t i, free_i = sizeof(grace_addrs) / sizeof(grace_addrs[0]);
+
+    pthread_mutex_lock(&grace_mu);
+    for (i = 0; i < sizeof(grace_addrs) / sizeof(grace_addrs[0]); i++) {
+        if (grace_addrs[i].n > 0 && strcmp(grace_addrs[i].text, text) == 0)
+            break;
+        if (grace_addrs[i].n == 0 && free_i == sizeof(grace_addrs) / sizeof(grace_addrs[0]))
+            free_i = i;
+    }
+    if (i == sizeof(grace_addrs) / sizeof(grace_addrs[0]) && add && free_i < i) {
+        i = free_i;
+        snprintf(grace_addrs[i].text, sizeof(grace_addrs[i].text), "%s", text);
+    }
+    if (i < sizeof(grace_addrs) / sizeof(grace_addrs[0])) {
+        if (add)
+            grace_addrs[i].n++;
+        else if (grace_addrs[i].n > 0)
+            grace_addrs[i].n--;
+    }
+    pthread_mutex_unlock(&grace_mu);
+}
+
+static bool grace_holds(const char *text)
+{
+    bool held = false;
+
+    pthread_mutex_lock(&grace_mu);
+    for (size_t i = 0; i < sizeof(grace_addrs) / sizeof(grace_addrs[0]) && !held; i++)
+        held = grace_addrs[i].n > 0 && strcmp(grace_addrs[i].text, text) == 0;
+    pthread_mutex_unlock(&grace_mu);
+    return held;
+}
+
+static void retire_now(struct listener *l);
+
+static void on_grace_end(struct gw_timer *t)
+{
+    struct listener *l = container_of(t, struct listener, grace);
+
+    l->in_grace = false;
+    l->wk->listeners_grace--;
+    grace_mark(l->addr.text, false);
+    retire_now(l); /* may free l */
+}
+
+/* Stops taking connections on l, then closes it. With TCP_DEFER_ACCEPT, a
+ * client whose handshake is done but whose first bytes are still on their
+ * way is in no backlog yet: closing the socket would reset it. So the
+ * option goes off and l stays open DEFER_GRACE_MS longer, for those bytes
+ * to arrive (test_75: 1 in 1384 connections racing a drain was reset
+ * without the grace). */
 static void retire_listener(struct listener *l)
+{
+    l->closing = true;
+    gw_timer_cancel(&l->wk->ctx.timers, &l->retry);
+    if (l->defer_accept) {
+        listener_options(l, false);
+        l->in_grace = true;
+        l->wk->listeners_grace++;
+        grace_mark(l->addr.text, true);
+        gw_timer_set(&l->wk->ctx.timers, &l->grace, gw_now_ms + DEFER_GRACE_MS);
+        return;
+    }
+    retire_now(l);
+}
+
+static void retire_now(struct listener *l)
 {
     struct io_uring_sqe *sqe;
 
-    l->closing = true;
-    gw_timer_cancel(&l->wk->ctx.timers, &l->retry);
     if (!l->armed) {
         listener_finish(l);
         return;
@@ -431,7 +514,8 @@ static void *worker_main(void *arg)
         }
         if (draining) {
             gw_conns_drain(w);
-            if (w->nconns == 0 && wk->listeners_armed == 0 && !w->log_busy &&
+            if (w->nconns == 0 && wk->listeners_armed == 0 && wk->listeners_grace == 0 &&
+                !w->log_busy &&
                 w->log_len[w->log_cur] == 0)
                 break;
         }
@@ -521,7 +605,7 @@ int gw_workers_check_listen(const struct gw_config *cfg, const struct gw_config 
             if (port_of(&running->listens[j].addr) == port_of(a))
                 ours = running->listens[j].addr.text;
         }
-        if (kept)
+        if (kept || grace_holds(a->text))
             continue;
         fd = open_listener(a, false, err, errlen);
         if (fd < 0) {
