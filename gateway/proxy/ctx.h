@@ -66,6 +66,13 @@ struct gw_pool {
      * name are not handed to an upstream that asks for another */
     char *tls_id;
     uint64_t tls_log_ms; /* last handshake failure logged (one per second) */
+    /* TLS session resumption (upstream.c "tls"): the last session and the
+     * config generation it was made under; the connection whose full
+     * handshake is to provide one, and the connections waiting for it */
+    struct gw_tls_session *tls_session;
+    uint64_t tls_session_gen;
+    struct gw_upconn *tls_leader;
+    struct gw_upconn *tls_waiters;
     unsigned stats_slot;
     struct gw_upconn *idle; /* LIFO: the most recently used first */
     unsigned nidle;

@@ -556,6 +556,36 @@ int gw_tls_write(struct gw_tls_conn *t, const char *p, size_t n)
     return 0;
 }
 
+struct gw_tls_session {
+    mbedtls_ssl_session s;
+};
+
+struct gw_tls_session *gw_tls_session_get(const struct gw_tls_conn *t)
+{
+    struct gw_tls_session *s = gw_xcalloc(1, sizeof(*s));
+
+    mbedtls_ssl_session_init(&s->s);
+    if (mbedtls_ssl_get_session(&t->ssl, &s->s) != 0) {
+        gw_tls_session_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void gw_tls_session_free(struct gw_tls_session *s)
+{
+    if (s == NULL)
+        return;
+    mbedtls_ssl_session_free(&s->s);
+    free(s);
+}
+
+void gw_tls_session_offer(struct gw_tls_conn *t, const struct gw_tls_session *s)
+{
+    /* on failure the handshake is simply a full one */
+    (void)mbedtls_ssl_set_session(&t->ssl, &s->s);
+}
+
 int gw_tls_close_notify(struct gw_tls_conn *t)
 {
     return mbedtls_ssl_close_notify(&t->ssl) == 0 ? 0 : -1;

@@ -61,6 +61,16 @@ bool gw_tls_pending(const struct gw_tls_conn *t);
 /* Encrypts all of p. Returns 0, or -1 when the connection is broken. */
 int gw_tls_write(struct gw_tls_conn *t, const char *p, size_t n);
 
+/* A client session, kept to resume later handshakes with the same server
+ * (an abbreviated handshake: no key exchange, no certificate check). */
+struct gw_tls_session;
+
+/* A copy of the session of t's finished handshake, or NULL. */
+struct gw_tls_session *gw_tls_session_get(const struct gw_tls_conn *t);
+void gw_tls_session_free(struct gw_tls_session *s);
+/* Offers s in t's handshake, which has not begun. */
+void gw_tls_session_offer(struct gw_tls_conn *t, const struct gw_tls_session *s);
+
 /* Queues a close_notify alert behind what is already encrypted, to go out
  * like any other ciphertext. Returns 0, or -1 when the stream is broken. */
 int gw_tls_close_notify(struct gw_tls_conn *t);

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from gwtest import gateway_settings, render_config, route_block, upstream_block, \
-    ws_echo_roundtrip
+    wait_until, ws_echo_roundtrip
 from tlscerts import Certs
 from upstream import pattern
 
@@ -345,3 +345,40 @@ def test_config_errors(gateway_bin, tmp_path, certs, case):
     out = subprocess.run([gateway_bin, "-t", "-c", str(conf)], capture_output=True, text=True)
     assert out.returncode == 1, out
     assert "t.conf:3: " in out.stderr and want in out.stderr, out.stderr
+
+
+def test_sessions_are_resumed(gateway_factory, upstream_factory, certs):
+    """Each pool keeps its last TLS session and offers it: with keepalive = 0 (a new
+    connection per request), the first handshake is full and the next ones are resumed, also
+    for 8 requests sent at once to a cold pool (those connected while the first handshake runs
+    wait for its session). A reload starts over with a full handshake: a resumed one checks no
+    certificate, and the CA file may have changed."""
+    up = upstream_factory("resume", tls=server_ctx(certs.backend))
+    gw = gateway_factory(settings=settings_for(
+        [tls_up(up, {"ca": certs.ca, "sni": "backend.test"}, keepalive=0)]))
+
+    results = []
+
+    def one():
+        results.append(gw.get("/ok").status)
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == [200] * 8, results
+    assert wait_until(lambda: len(up.tls_resumed) == 8), up.tls_resumed
+    assert sorted(up.tls_resumed) == [False] + [True] * 7, up.tls_resumed
+
+    for _ in range(3):
+        assert gw.get("/ok").status == 200
+    assert up.tls_resumed[8:] == [True] * 3, up.tls_resumed
+
+    gw.reload(lambda s: None)
+    for _ in range(2):
+        assert gw.get("/ok").status == 200
+    assert up.tls_resumed[11:] == [False, True], up.tls_resumed
+    m = gw.metrics()
+    assert m.value("gateway_upstream_tls_handshakes_total", upstream="app", server=up.addr,
+                   result="ok") == 13

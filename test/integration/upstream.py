@@ -44,8 +44,9 @@ Every real response carries "X-Upstream: <name>". Expect: 100-continue is answer
 new request within that time after the previous response (or accept) is closed.
 
 With tls (a server-side ssl.SSLContext) every connection is TLS: the handshake runs in the
-connection's thread, the SNI names clients sent are in sni_seen and failed handshakes are
-counted in tls_failures.
+connection's thread, the SNI names clients sent are in sni_seen, failed handshakes are
+counted in tls_failures and tls_resumed says, for each finished one, whether it resumed a
+session.
 """
 
 import base64
@@ -179,6 +180,7 @@ class Upstream:
         self.tls = tls
         self.sni_seen = []
         self.tls_failures = 0
+        self.tls_resumed = []  # per finished handshake: whether it resumed a session
         if tls is not None:
             tls.sni_callback = self._on_sni
         self.lock = threading.Lock()
@@ -327,6 +329,7 @@ class Upstream:
         with self.lock:
             self.active.discard(raw)
             self.active.add(c)
+            self.tls_resumed.append(c.session_reused)
         return c
 
     def _serve(self, c, conn_id):
