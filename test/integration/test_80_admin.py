@@ -311,6 +311,8 @@ def test_connections_active_by_listener(gateway_factory, upstream):
     gw = gateway_factory(settings=settings)
     first = "127.0.0.1:%d" % gw.port
     held = [_socket.create_connection(("127.0.0.1", second)) for _ in range(3)]
+    for s in held:
+        s.sendall(b"G")  # a first byte: defer_accept hands the connection over now
     try:
         m = gw.wait_metric("gateway_connections_active", 3, listener="127.0.0.1:%d" % second)
         assert m.value("gateway_connections_active", listener="127.0.0.1:%d" % second) == 3

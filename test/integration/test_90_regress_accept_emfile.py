@@ -15,7 +15,7 @@ def _low_fd_limit():
 
 
 def test_accept_out_of_descriptors_pauses_and_recovers(gateway_factory, upstream):
-    """With a hard limit of 64 open files, 100 idle client connections exhaust the
+    """With a hard limit of 64 open files, 100 client connections that sent one byte exhaust the
     descriptors; the gateway logs the condition a few times (not per failure), keeps running,
     and answers normally once those clients have gone."""
     gw = gateway_factory(upstreams=[upstream_block("app", upstream.addr)], workers=1,
@@ -24,7 +24,10 @@ def test_accept_out_of_descriptors_pauses_and_recovers(gateway_factory, upstream
     idle = []
     try:
         for _ in range(100):
-            idle.append(socket.create_connection(("127.0.0.1", gw.port), timeout=5))
+            s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+            # a first byte, for the listener's defer_accept to hand the connection over now
+            s.sendall(b"G")
+            idle.append(s)
         time.sleep(1.0)  # the accept errors happen now
     finally:
         for s in idle:
