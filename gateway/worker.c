@@ -268,48 +268,15 @@ static void listener_finish(struct listener *l)
 
 #define DEFER_GRACE_MS 200
 
-/* Addresses whose retired listeners are in their grace: their port is
- * still ours, and gw_workers_check_listen (main thread) must not take it
- * for another process's when a reload brings the address back. */
-static pthread_mutex_t grace_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct {
-    char text[sizeof(((struct gw_sockaddr *)0)->text)];
-    unsigned n;
-} grace_addrs[64];
+/* Retired listeners in their grace, by listen slot: their port is still
+ * ours, and gw_workers_check_listen (main thread) must not take it for
+ * another process's when a reload brings the address back. */
+static _Atomic unsigned grace_by_slot[GW_METRICS_MAX_LISTENS];
 
-static void grace_mark(const char *text, bool add)
+static void grace_count(const struct listener *l, int d)
 {
-    size_t i, free_i = sizeof(grace_addrs) / sizeof(grace_addrs[0]);
-
-    pthread_mutex_lock(&grace_mu);
-    for (i = 0; i < sizeof(grace_addrs) / sizeof(grace_addrs[0]); i++) {
-        if (grace_addrs[i].n > 0 && strcmp(grace_addrs[i].text, text) == 0)
-            break;
-        if (grace_addrs[i].n == 0 && free_i == sizeof(grace_addrs) / sizeof(grace_addrs[0]))
-            free_i = i;
-    }
-    if (i == sizeof(grace_addrs) / sizeof(grace_addrs[0]) && add && free_i < i) {
-        i = free_i;
-        snprintf(grace_addrs[i].text, sizeof(grace_addrs[i].text), "%s", text);
-    }
-    if (i < sizeof(grace_addrs) / sizeof(grace_addrs[0])) {
-        if (add)
-            grace_addrs[i].n++;
-        else if (grace_addrs[i].n > 0)
-            grace_addrs[i].n--;
-    }
-    pthread_mutex_unlock(&grace_mu);
-}
-
-static bool grace_holds(const char *text)
-{
-    bool held = false;
-
-    pthread_mutex_lock(&grace_mu);
-    for (size_t i = 0; i < sizeof(grace_addrs) / sizeof(grace_addrs[0]) && !held; i++)
-        held = grace_addrs[i].n > 0 && strcmp(grace_addrs[i].text, text) == 0;
-    pthread_mutex_unlock(&grace_mu);
-    return held;
+    if (l->slot < GW_METRICS_MAX_LISTENS)
+        atomic_fetch_add(&grace_by_slot[l->slot], (unsigned)d);
 }
 
 static void retire_now(struct listener *l);
@@ -320,7 +287,7 @@ static void on_grace_end(struct gw_timer *t)
 
     l->in_grace = false;
     l->wk->listeners_grace--;
-    grace_mark(l->addr.text, false);
+    grace_count(l, -1);
     retire_now(l); /* may free l */
 }
 
@@ -338,7 +305,7 @@ static void retire_listener(struct listener *l)
         listener_options(l, false);
         l->in_grace = true;
         l->wk->listeners_grace++;
-        grace_mark(l->addr.text, true);
+        grace_count(l, 1);
         gw_timer_set(&l->wk->ctx.timers, &l->grace, gw_now_ms + DEFER_GRACE_MS);
         return;
     }
@@ -598,6 +565,7 @@ int gw_workers_check_listen(const struct gw_config *cfg, const struct gw_config 
         const struct gw_sockaddr *a = &cfg->listens[i].addr;
         const char *ours = NULL;
         bool kept = false;
+        unsigned slot;
         int fd;
 
         for (size_t j = 0; running != NULL && j < running->nlistens && !kept; j++) {
@@ -605,7 +573,10 @@ int gw_workers_check_listen(const struct gw_config *cfg, const struct gw_config 
             if (port_of(&running->listens[j].addr) == port_of(a))
                 ours = running->listens[j].addr.text;
         }
-        if (kept || grace_holds(a->text))
+        if (kept)
+            continue;
+        slot = gw_metrics_listen_find(a->text);
+        if (slot < GW_METRICS_MAX_LISTENS && atomic_load(&grace_by_slot[slot]) > 0)
             continue;
         fd = open_listener(a, false, err, errlen);
         if (fd < 0) {

@@ -89,11 +89,20 @@ static char *listen_names[GW_METRICS_MAX_LISTENS];
 static bool listen_live[GW_METRICS_MAX_LISTENS];
 static unsigned nlistens;
 
-unsigned gw_metrics_listen_slot(const char *addr)
+unsigned gw_metrics_listen_find(const char *addr)
 {
     for (unsigned i = 0; i < nlistens; i++)
         if (strcmp(listen_names[i], addr) == 0)
             return i;
+    return GW_METRICS_MAX_LISTENS;
+}
+
+unsigned gw_metrics_listen_slot(const char *addr)
+{
+    unsigned i = gw_metrics_listen_find(addr);
+
+    if (i < GW_METRICS_MAX_LISTENS)
+        return i;
     if (nlistens == GW_METRICS_MAX_LISTENS)
         return GW_METRICS_MAX_LISTENS;
     listen_names[nlistens] = gw_xstrdup(addr);

@@ -149,6 +149,8 @@ void gw_metrics_server_conns(unsigned slot, int64_t *idle, int64_t *active);
  * gateway_connections_active), the same for the same address across
  * reloads; GW_METRICS_MAX_LISTENS when the table is full (not counted). */
 unsigned gw_metrics_listen_slot(const char *addr);
+/* Main thread: the slot an address already has, else GW_METRICS_MAX_LISTENS. */
+unsigned gw_metrics_listen_find(const char *addr);
 /* Main thread: the slots of the running config's listeners. Others are
  * rendered only while they still have connections. */
 void gw_metrics_listeners_live(const unsigned *slots, unsigned n);

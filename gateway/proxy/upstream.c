@@ -244,8 +244,8 @@ static void tls_count(struct gw_upconn *u, bool ok)
  * worker's CPU each (perf uptls128: 64 connections opened at once held
  * the first requests ~150 ms). While a pool has no session, one
  * connection (the leader) does the full handshake and those connected
- * meanwhile wait for its session, as nginx's proxy_ssl_session_reuse
- * does not; the wait is bounded by connect_timeout_ms like the handshake.
+ * meanwhile wait for its session; the wait is bounded by
+ * connect_timeout_ms like the handshake.
  *
  * A session is only offered under the config generation it was made in:
  * a reload may have changed the CA file behind the same path, and a
@@ -291,6 +291,15 @@ static void tls_wake(struct gw_pool *p)
     }
 }
 
+/* The leader's handshake ended: the waiters go on. */
+static void tls_leader_done(struct gw_upconn *u)
+{
+    if (u->pool->tls_leader == u) {
+        u->pool->tls_leader = NULL;
+        tls_wake(u->pool);
+    }
+}
+
 /* u leaves the pool's resumption bookkeeping (it is closing). */
 static void tls_unpark(struct gw_upconn *u)
 {
@@ -306,10 +315,7 @@ static void tls_unpark(struct gw_upconn *u)
         u->next = NULL;
         u->flags &= ~UP_TLS_WAIT;
     }
-    if (p->tls_leader == u) {
-        p->tls_leader = NULL;
-        tls_wake(p);
-    }
+    tls_leader_done(u);
 }
 
 /* A handshake finished: its session is the one to offer next. */
@@ -323,10 +329,7 @@ static void tls_keep_session(struct gw_upconn *u)
         p->tls_session = s;
         p->tls_session_gen = u->tls_cfg->generation;
     }
-    if (p->tls_leader == u) {
-        p->tls_leader = NULL;
-        tls_wake(p);
-    }
+    tls_leader_done(u);
 }
 
 static void tls_start(struct gw_upconn *u)

@@ -7,7 +7,7 @@ import subprocess
 import time
 
 from gwtest import gateway_bin, gateway_env, route_block, upstream_block, wait_until
-from rawhttp import request_bytes
+from rawhttp import SockReader, request_bytes
 
 
 def accepted(gw):
@@ -29,12 +29,7 @@ def test_connection_is_accepted_with_its_first_bytes(gateway):
         time.sleep(0.3)
         assert accepted(gateway) == a0, "accepted before the client sent anything"
         s.sendall(request_bytes("GET", "/ok", headers=[("Connection", "close")]))
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = SockReader(s).read_to_eof(time.monotonic() + 5)
     assert data.startswith(b"HTTP/1.1 200"), data[:200]
     assert accepted(gateway) == a0 + 1
 
@@ -57,12 +52,7 @@ def test_client_slower_than_the_defer_period_is_served(gateway):
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as s:
         time.sleep(1.5)
         s.sendall(request_bytes("GET", "/ok", headers=[("Connection", "close")]))
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = SockReader(s).read_to_eof(time.monotonic() + 5)
     assert data.startswith(b"HTTP/1.1 200"), data[:200]
 
 
