@@ -224,6 +224,31 @@ def test_plain_and_silent_servers(gateway_factory, plain_answer, blackhole_accep
     assert "no answer within connect_timeout_ms" in gw.stderr()
 
 
+def test_waiters_behind_a_silent_first_handshake_time_out(gateway_factory, blackhole_acceptor,
+                                                         certs):
+    """Requests connected while a pool's first (full) handshake runs wait for its session; when
+    that server never answers, each of them still gets its 504 within connect_timeout_ms, and
+    the worker goes on serving."""
+    gw = gateway_factory(settings=settings_for(
+        [upstream_block("silent", blackhole_acceptor.addr, connect_timeout_ms=300,
+                        tls={"ca": certs.ca, "sni": "backend.test"})], workers=1))
+    results = []
+
+    def one():
+        t0 = time.monotonic()
+        results.append((gw.get("/ok").status, time.monotonic() - t0))
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert [st for st, _ in results] == [504] * 4, results
+    assert all(took < 5 for _, took in results), results
+    assert gw.metrics().value("gateway_upstream_requests_total", upstream="silent",
+                              outcome="connect_timeout") == 4
+
+
 def test_client_certificate(gateway_factory, upstream_factory, certs):
     up = upstream_factory("mtls", tls=server_ctx(certs.backend, client_ca=certs.ca))
     base = {"ca": certs.ca, "sni": "backend.test"}
