@@ -743,8 +743,7 @@ def start_target(name, args, tmp, ports, files):
         uptls_up = ("upstream app_tls { server 127.0.0.1:%d; keepalive 64; "
                     "keepalive_requests 1000000; keepalive_timeout 300s; }"
                     % ports["upstream_tls"]) if args.tls else ""
-        uptls_loc = ("location /tlsup/ { proxy_pass https://app_tls; proxy_http_version 1.1; "
-                     "proxy_set_header Connection \"\"; proxy_ssl_session_reuse on; "
+        uptls_loc = ("location /tlsup/ { proxy_pass https://app_tls; proxy_ssl_session_reuse on; "
                      "proxy_ssl_protocols TLSv1.2; }") if args.tls else ""
         cfg = render("proxy-nginx.conf", os.path.join(tmp, "nginx-proxy.conf"),
                      DIR=tmp, PORT=port, DEFER=defer, UPPORT=up, TLS_LISTEN=tls,
