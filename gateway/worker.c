@@ -380,6 +380,11 @@ static void redis_configure(struct gw_wctx *w, const struct gw_config *cfg)
     atomic_store(&w->stats->redis_configured, 1);
 }
 
+static void set_busy_poll(struct gw_wctx *w, const struct gw_config *cfg)
+{
+    w->ring.busy_poll_us = gw_ring_can_busy_poll(&w->ring) ? cfg->busy_poll_us : 0;
+}
+
 static void switch_config(struct gw_worker *wk)
 {
     uint64_t gen = atomic_load_explicit(&published_gen, memory_order_acquire);
@@ -397,6 +402,7 @@ static void switch_config(struct gw_worker *wk)
         /* a smaller cap takes effect as entries are added */
         wk->ctx.l1.cap = cfg->cache_l1_bytes / wk->nworkers;
         redis_configure(&wk->ctx, cfg);
+        set_busy_poll(&wk->ctx, cfg);
     }
     atomic_store_explicit(&wk->seen_gen, gen, memory_order_release);
 }
@@ -437,6 +443,7 @@ static void *worker_main(void *arg)
         unsigned vals[2] = {2, 32};
         io_uring_register_iowq_max_workers(&w->ring.ring, vals);
     }
+    set_busy_poll(w, cfg);
     ret = gw_bufring_init(&w->br, &w->ring, 1, BUFRING_COUNT, BUFRING_SIZE);
     if (ret < 0) {
         snprintf(wk->err, sizeof(wk->err),
@@ -499,6 +506,9 @@ static void *worker_main(void *arg)
         }
         if (gw_ring_cq_overflowed(&w->ring))
             gw_stat_add(&w->stats->cq_overflow, 1);
+        for (int k = 0; k < 2; k++)
+            atomic_store_explicit(&w->stats->busy_polls[k], w->ring.busy_polls[k],
+                                  memory_order_relaxed);
     }
     /* Let a last access-log write finish before the process exits. */
     for (int i = 0; i < 100 && w->log_busy; i++)

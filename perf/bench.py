@@ -87,6 +87,8 @@ GATEWAY_VARIANTS = {
                'headers = true; }; retries = 2; retry_on = [ "connect-failure", "reset", "5xx", '
                '"timeout" ]; try_timeout_ms = 10000;',
                "breaker = { failures = 5; error_rate = 0.5; }; max_requests = 100000;"),
+    # not a policy: the default busy poll before a sleep turned off (a top-level key)
+    "gw-nopoll": ("", "", "busy_poll_us = 0;"),
 }
 # gw-alt: another build of the gateway (--alt-bin), with the same config as "gateway", so a
 # change can be measured before/after in one run.
@@ -637,7 +639,7 @@ def print_tables(scenarios, targets, summary, skipped, duration, rounds):
                 s["cpu1_busy_pct_median"], s["errors_total"]))
         cell = summary.get(sc, {})
         g = cell.get("gateway")
-        for other in ("gw-alt", "gw-scrape"):
+        for other in ("gw-alt", "gw-scrape", "gw-nopoll"):
             alt = cell.get(other)
             if g is not None and alt is not None:
                 log("  %s/gateway req/s %s   req/s/core %s   p99 %s" % (
@@ -770,7 +772,7 @@ def start_target(name, args, tmp, ports, files):
         gw = os.path.abspath(args.alt_bin if name == "gw-alt" else args.gateway_bin)
         if not (os.path.isfile(gw) and os.access(gw, os.X_OK)):
             return None, "binary %s is missing (build it first)" % gw
-        route_extra, up_extra = GATEWAY_VARIANTS.get(name, ("", ""))
+        route_extra, up_extra, top_extra = (GATEWAY_VARIANTS.get(name, ()) + ("", "", ""))[:3]
         defer = "defer_accept = %s;" % ("true" if args.defer_accept else "false")
         tls = (', { address = "127.0.0.1:%d"; %s tls = { cert = "%s/tls.crt"; '
                'key = "%s/tls.key"; ciphers = [ "TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256", '
@@ -783,7 +785,7 @@ def start_target(name, args, tmp, ports, files):
         cfg = render("gateway.conf", os.path.join(tmp, name + ".conf"), PORT=port, DEFER=defer,
                      ADMINPORT=ports[name + "_admin"], UPPORT=up, ROUTE_EXTRA=route_extra,
                      UPSTREAM_EXTRA=up_extra, TLS_LISTEN=tls, UPTLS_UPSTREAM=uptls_up,
-                     UPTLS_ROUTE=uptls_route)
+                     UPTLS_ROUTE=uptls_route, TOP_EXTRA=top_extra)
         forms = [args.gateway_args] if args.gateway_args else ["-c {config}", "{config}"]
         variants = [["taskset", "-c", PROXY_CPU, gw] + [w.replace("{config}", cfg) for w in f.split()]
                     for f in forms]

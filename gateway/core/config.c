@@ -29,10 +29,11 @@ struct ctx {
 };
 
 /* Allowed keys per group: the unknown-key check and the schema in one place. */
-static const char *const top_keys[] = {"workers",   "access_log", "drain_timeout_ms",
-                                       "listen",    "admin",      "limits",
-                                       "upstreams", "routes",     "trusted_proxies",
-                                       "cache",     "redis",      NULL};
+static const char *const top_keys[] = {"workers",   "access_log",   "drain_timeout_ms",
+                                       "listen",    "admin",        "limits",
+                                       "upstreams", "routes",       "trusted_proxies",
+                                       "cache",     "busy_poll_us", "redis",
+                                       NULL};
 static const char *const listen_keys[] = {"address", "deadline_header", "defer_accept", "tls",
                                           NULL};
 static const char *const tls_keys[] = {"cert", "key", "certs", "min_version", "ciphers", "alpn",
@@ -1415,6 +1416,9 @@ static int parse_root(struct ctx *c, const config_setting_t *root, struct gw_con
     if (get_bool(c, root, "access_log", true, &cfg->access_log) == -1)
         return -1;
     if (get_u32(c, root, "drain_timeout_ms", 0, 3600000, 10000, &cfg->drain_timeout_ms) == -1)
+        return -1;
+    if (get_u32(c, root, "busy_poll_us", 0, 1000, GW_BUSY_POLL_US_DEFAULT, &cfg->busy_poll_us) ==
+        -1)
         return -1;
     if (parse_listens(c, root, cfg) == -1)
         return -1;

@@ -64,6 +64,8 @@ struct gw_upstream_tls_conf {
 
 /* Debian's ca-certificates bundle. */
 #define GW_DEFAULT_CA "/etc/ssl/certs/ca-certificates.crt"
+/* busy_poll_us when the file sets none (see README, busy_poll_us) */
+#define GW_BUSY_POLL_US_DEFAULT 10
 
 struct gw_listen {
     struct gw_sockaddr addr;
@@ -208,6 +210,7 @@ struct gw_config {
     unsigned workers; /* 0 = one per CPU in the affinity mask */
     bool access_log;
     unsigned drain_timeout_ms;
+    unsigned busy_poll_us; /* spin before a sleep while busy; 0 = never */
 
     struct gw_listen *listens;
     size_t nlistens;

@@ -261,6 +261,7 @@ void gw_config_dump(const struct gw_config *cfg, FILE *f)
     put_u(f, "", "workers", cfg->workers);
     put_b(f, "", "access_log", cfg->access_log);
     put_u(f, "", "drain_timeout_ms", cfg->drain_timeout_ms);
+    put_u(f, "", "busy_poll_us", cfg->busy_poll_us);
     put_cidrs(f, "", "trusted_proxies", cfg->trusted_proxies, cfg->ntrusted_proxies);
     fputs("cache = {\n", f);
     put_u(f, ind, "l1_bytes", cfg->cache_l1_bytes);

@@ -615,6 +615,13 @@ void gw_metrics_render(struct gw_text *out)
     render_counter(out, "gateway_ring_cq_overflow_total",
                    "Times a worker's completion queue overflowed into the kernel backlog.",
                    SUM_WORKERS(load(&ws->cq_overflow)));
+    gw_text_printf(out, "# HELP gateway_ring_busy_polls_total Spins of a busy worker before a "
+                        "sleep (busy_poll_us), by whether work arrived during the spin.\n"
+                        "# TYPE gateway_ring_busy_polls_total counter\n");
+    for (int k = 0; k < 2; k++)
+        gw_text_printf(out, "gateway_ring_busy_polls_total{result=\"%s\"} %llu\n",
+                       k == 0 ? "work" : "sleep",
+                       (unsigned long long)SUM_WORKERS(load(&ws->busy_polls[k])));
     render_counter(out, "gateway_access_log_dropped_total",
                    "Access-log lines dropped because stdout could not keep up.",
                    SUM_WORKERS(load(&ws->log_dropped)));

@@ -100,6 +100,7 @@ struct gw_worker_stats {
     _Atomic int64_t active;
     _Atomic int64_t active_by_listen[GW_METRICS_MAX_LISTENS]; /* by gw_listen.slot */
     _Atomic uint64_t cq_overflow;
+    _Atomic uint64_t busy_polls[2]; /* found work, ended in a sleep */
     _Atomic uint64_t log_dropped;
     _Atomic uint64_t rejected_conns; /* over max_connections */
     _Atomic uint64_t bytes_in;

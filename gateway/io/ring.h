@@ -19,7 +19,14 @@ struct gw_op {
 struct gw_ring {
     struct io_uring ring;
     unsigned setup_flags; /* what the kernel accepted */
+    unsigned busy_poll_us;  /* spin this long before a sleep (0: never) */
+    uint32_t last_wait_us;  /* how long the last wait for a CQE lasted */
+    uint64_t busy_polls[2]; /* spins that found work, spins that ended in a sleep */
 };
+
+/* gw_ring_run spins only while the worker is busy: when its last wait
+ * lasted less than this many times busy_poll_us. */
+#define GW_BUSY_POLL_GATE 20
 
 /* user_data of SQEs whose completion nobody needs to see (linked timeouts,
  * cancels): the dispatcher skips it. */
@@ -41,8 +48,14 @@ static inline void gw_sqe_op(struct io_uring_sqe *sqe, struct gw_op *op)
 
 /* Submits what is queued, waits up to timeout_ms for at least one CQE (0:
  * don't wait), then calls every ready CQE's op callback and advances the
- * CQ once. Returns the number of CQEs handled or -errno. */
+ * CQ once. Returns the number of CQEs handled or -errno. With busy_poll_us
+ * set and the worker busy, it first spins up to busy_poll_us for
+ * completions before it sleeps. */
 int gw_ring_run(struct gw_ring *r, unsigned timeout_ms);
+
+/* True if the ring was set up so that gw_ring_run can busy-poll
+ * (DEFER_TASKRUN with TASKRUN_FLAG). */
+bool gw_ring_can_busy_poll(const struct gw_ring *r);
 
 /* True if the kernel had to hold CQEs back since the last call. */
 static inline bool gw_ring_cq_overflowed(struct gw_ring *r)
