@@ -71,6 +71,7 @@ struct gw_pool {
      * handshake is to provide one, and the connections waiting for it */
     struct gw_tls_session *tls_session;
     uint64_t tls_session_gen;
+    uint64_t tls_session_ms; /* when a handshake last made or resumed it */
     struct gw_upconn *tls_leader;
     struct gw_upconn *tls_waiters;
     unsigned stats_slot;

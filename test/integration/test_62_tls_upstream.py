@@ -407,3 +407,32 @@ def test_sessions_are_resumed(gateway_factory, upstream_factory, certs):
     m = gw.metrics()
     assert m.value("gateway_upstream_tls_handshakes_total", upstream="app", server=up.addr,
                    result="ok") == 13
+
+
+def test_an_old_session_is_tried_by_one_connection_first(gateway_factory, upstream_factory,
+                                                         certs):
+    """A session no handshake has used for 10 s may have expired on the server. The next
+    connections do not all offer it at once: one tries it while the others wait, and when the
+    server refuses it (a full handshake), the others resume the new session. Without this,
+    every connection opened after an idle spell paid a full handshake at the same moment."""
+    up = upstream_factory("stale", tls=server_ctx(certs.backend))
+    gw = gateway_factory(settings=settings_for(
+        [tls_up(up, {"ca": certs.ca, "sni": "backend.test"}, keepalive=0)]))
+    assert gw.get("/ok").status == 200
+    assert wait_until(lambda: len(up.tls_resumed) == 1)
+    # the server forgets its sessions (new ticket keys), and the gateway's one grows old
+    fresh = server_ctx(certs.backend)
+    fresh.sni_callback = up._on_sni
+    up.tls = fresh
+    time.sleep(10.5)
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(gw.get("/ok").status))
+               for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == [200] * 6, results
+    assert wait_until(lambda: len(up.tls_resumed) == 7), up.tls_resumed
+    assert sorted(up.tls_resumed[1:]) == [False] + [True] * 5, up.tls_resumed
