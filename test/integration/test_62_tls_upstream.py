@@ -382,17 +382,7 @@ def test_sessions_are_resumed(gateway_factory, upstream_factory, certs):
     gw = gateway_factory(settings=settings_for(
         [tls_up(up, {"ca": certs.ca, "sni": "backend.test"}, keepalive=0)]))
 
-    results = []
-
-    def one():
-        results.append(gw.get("/ok").status)
-
-    threads = [threading.Thread(target=one) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    assert results == [200] * 8, results
+    assert gw.statuses_at_once("/ok", 8) == [200] * 8
     assert wait_until(lambda: len(up.tls_resumed) == 8), up.tls_resumed
     assert sorted(up.tls_resumed) == [False] + [True] * 7, up.tls_resumed
 
@@ -421,18 +411,9 @@ def test_an_old_session_is_tried_by_one_connection_first(gateway_factory, upstre
     assert gw.get("/ok").status == 200
     assert wait_until(lambda: len(up.tls_resumed) == 1)
     # the server forgets its sessions (new ticket keys), and the gateway's one grows old
-    fresh = server_ctx(certs.backend)
-    fresh.sni_callback = up._on_sni
-    up.tls = fresh
+    up.use_tls(server_ctx(certs.backend))
     time.sleep(10.5)
 
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(gw.get("/ok").status))
-               for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    assert results == [200] * 6, results
+    assert gw.statuses_at_once("/ok", 6) == [200] * 6
     assert wait_until(lambda: len(up.tls_resumed) == 7), up.tls_resumed
     assert sorted(up.tls_resumed[1:]) == [False] + [True] * 5, up.tls_resumed

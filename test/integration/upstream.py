@@ -177,12 +177,10 @@ class Upstream:
     def __init__(self, name="up", idle_close_ms=None, tls=None):
         self.name = name
         self.idle_close_ms = idle_close_ms
-        self.tls = tls
         self.sni_seen = []
         self.tls_failures = 0
         self.tls_resumed = []  # per finished handshake: whether it resumed a session
-        if tls is not None:
-            tls.sni_callback = self._on_sni
+        self.use_tls(tls)
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.accepted = 0
@@ -313,6 +311,13 @@ class Upstream:
     def _on_sni(self, sock, name, ctx):
         with self.lock:
             self.sni_seen.append(name)
+
+    def use_tls(self, ctx):
+        """Serves new connections with ctx (a new context also forgets every session that the
+        old one handed out)."""
+        if ctx is not None:
+            ctx.sni_callback = self._on_sni
+        self.tls = ctx
 
     def _tls_accept(self, c):
         """The server side of the handshake; the TLS socket, or None when it failed."""
