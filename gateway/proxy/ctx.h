@@ -408,6 +408,10 @@ void gw_upstream_put_active(struct gw_req *r);
 void gw_upstream_release(struct gw_req *r, bool reusable);
 void gw_upconn_send(struct gw_upconn *u, const char *p, size_t n);
 void gw_upconn_recv(struct gw_upconn *u);
+/* Tells the server that nothing more comes, for a tunnel whose client
+ * ended its side: a FIN for plain TCP, close_notify over TLS (the FIN then
+ * comes with the close). */
+void gw_upconn_end_output(struct gw_upconn *u);
 /* The identity of a pool's connections for upstream up (NULL: plain). */
 char *gw_pool_tls_id(const struct gw_upstream *up);
 void gw_pools_close_idle(struct gw_wctx *w);

@@ -1582,9 +1582,15 @@ static void tcopy_dir_done(struct gw_req *r, bool down)
         return;
     *done = true;
     r->tunnel_open--;
-    /* the other side sees the end too (its TLS stream ends without a
-     * close_notify, as a spliced tunnel's TCP stream just ends) */
-    shutdown(down ? r->up->fd : r->c->fd, SHUT_WR);
+    /* the other side sees the end too: a TLS side gets close_notify (a FIN
+     * before it would read as a cut, and the close_notify of the close
+     * could not follow it), a plain one the FIN */
+    if (down)
+        gw_upconn_end_output(r->up);
+    else if (r->c->tls != NULL && gw_tls_close_notify(r->c->tls) == 0)
+        tls_flush(r->c);
+    else
+        shutdown(r->c->fd, SHUT_WR);
     if (r->tunnel_open == 0)
         tunnel_end(r);
 }

@@ -38,6 +38,8 @@ static void tls_begin(struct gw_upconn *u);
 static void tls_start(struct gw_upconn *u);
 static void tls_fail(struct gw_upconn *u, int err);
 static void tls_unpark(struct gw_upconn *u);
+static void tls_bye(struct gw_upconn *u);
+static void tls_flush(struct gw_upconn *u);
 
 /* gateway_upstream_connections: this worker's view of one pool. */
 static void pool_gauges(struct gw_wctx *w, const struct gw_pool *p)
@@ -105,6 +107,8 @@ static void upconn_close(struct gw_upconn *u)
         sqe = gw_ring_sqe(&u->w->ring);
         io_uring_prep_cancel_fd(sqe, u->fd, IORING_ASYNC_CANCEL_ALL);
         gw_sqe_op(sqe, NULL);
+    } else {
+        tls_bye(u);
     }
     upconn_free_if_done(u);
 }
@@ -231,6 +235,41 @@ static void tls_arm_recv(struct gw_upconn *u)
     io_uring_prep_recv(sqe, u->fd, p, room, 0);
     gw_sqe_op(sqe, &u->recv_op);
     u->refs++;
+}
+
+/* A TLS connection closed in good order (idle too long, the pool full, a
+ * drain, a response that ended the connection) ends with close_notify, as
+ * nginx's do: without it a server cannot tell our close from a cut, and
+ * OpenSSL 3 servers log "unexpected eof". Nothing is in flight then, so
+ * the socket's buffer has room; the send does not wait (MSG_DONTWAIT),
+ * and a server that stopped reading simply gets the FIN without it. Not
+ * after an error or a cut (the close cancels what is in flight then). */
+static void tls_bye(struct gw_upconn *u)
+{
+    struct io_uring_sqe *sqe;
+    struct gw_slice s;
+
+    if (u->tls == NULL || !u->tls_open || u->tls_end != 0 || u->refs > 0 ||
+        (u->flags & UP_HANDSHAKE) || gw_tls_close_notify(u->tls) != 0)
+        return;
+    s = gw_tls_out_take(u->tls);
+    if (s.len == 0)
+        return;
+    sqe = gw_ring_sqe(&u->w->ring);
+    io_uring_prep_send(sqe, u->fd, s.ptr, s.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    gw_sqe_op(sqe, &u->send_op);
+    u->refs++;
+    u->tls_sending = true;
+}
+
+void gw_upconn_end_output(struct gw_upconn *u)
+{
+    if (u->tls == NULL) {
+        shutdown(u->fd, SHUT_WR);
+        return;
+    }
+    if (u->tls_open && gw_tls_close_notify(u->tls) == 0)
+        tls_flush(u);
 }
 
 static void tls_count(struct gw_upconn *u, bool ok)

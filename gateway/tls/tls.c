@@ -58,6 +58,7 @@ struct gw_tls_conn {
     bool taken;    /* out[!fill] is handed to a send */
     bool fresh_in; /* bytes came since a read last wanted more */
     int last_rc;   /* the last mbedtls error, for gw_tls_describe */
+    bool bye;      /* our close_notify is queued: nothing more goes out */
 };
 
 /* ---- randomness: the OS's, thread-safe ---- */
@@ -588,7 +589,12 @@ void gw_tls_session_offer(struct gw_tls_conn *t, const struct gw_tls_session *s)
 
 int gw_tls_close_notify(struct gw_tls_conn *t)
 {
-    return mbedtls_ssl_close_notify(&t->ssl) == 0 ? 0 : -1;
+    if (t->bye)
+        return 0;
+    if (mbedtls_ssl_close_notify(&t->ssl) != 0)
+        return -1;
+    t->bye = true;
+    return 0;
 }
 
 struct gw_slice gw_tls_out_take(struct gw_tls_conn *t)

@@ -72,7 +72,9 @@ void gw_tls_session_free(struct gw_tls_session *s);
 void gw_tls_session_offer(struct gw_tls_conn *t, const struct gw_tls_session *s);
 
 /* Queues a close_notify alert behind what is already encrypted, to go out
- * like any other ciphertext. Returns 0, or -1 when the stream is broken. */
+ * like any other ciphertext. Returns 0, or -1 when the stream is broken.
+ * Once queued it is not queued again: a second call returns 0 and adds
+ * nothing (a tunnel sends it when its direction ends, the close after). */
 int gw_tls_close_notify(struct gw_tls_conn *t);
 
 /* Ciphertext to send: the buffer to hand to one send, frozen until

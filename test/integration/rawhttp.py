@@ -9,6 +9,7 @@ can assert "truncated, not hung". Every read has a deadline: nothing here waits 
 
 import hashlib
 import socket
+import ssl
 import time
 
 CRLF = b"\r\n"
@@ -22,6 +23,13 @@ class PeerClosed(Exception):
     """The peer closed (FIN or RST) before the expected bytes arrived."""
 
 
+def is_tls_cut(e):
+    """Whether ssl.SSLError e says the TCP stream ended without the peer's close_notify
+    (OpenSSL 3 names it UNEXPECTED_EOF_WHILE_READING once data has passed, and Python
+    raises SSLEOFError before that)."""
+    return isinstance(e, ssl.SSLEOFError) or e.reason == "UNEXPECTED_EOF_WHILE_READING"
+
+
 class SockReader:
     """Buffered reads from a connected socket, each bounded by a deadline."""
 
@@ -30,6 +38,9 @@ class SockReader:
         self.buf = bytearray()
         self.eof = False
         self.reset = False  # the peer reset the connection
+        # over TLS (a socket wrapped with suppress_ragged_eofs=False): the stream ended
+        # without the peer's close_notify
+        self.cut = False
 
     def _fill(self, deadline, max_bytes=262144):
         """Reads more bytes into buf. Returns False on EOF/RST, raises ReadTimeout."""
@@ -46,6 +57,12 @@ class SockReader:
         except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
             self.eof = True
             self.reset = True
+            return False
+        except ssl.SSLError as e:
+            if not is_tls_cut(e):
+                raise
+            self.eof = True
+            self.cut = True
             return False
         if not data:
             self.eof = True

@@ -331,10 +331,43 @@ def test_websocket_to_tls_upstream(gateway_factory, upstream_factory, certs):
         [tls_up(up, {"ca": certs.ca, "sni": "backend.test"})],
         listen_tls={"cert": certs.front[0], "key": certs.front[1]}))
     ctx = ssl.create_default_context(cafile=certs.ca)
+    ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
     with both.raw(timeout=10, tls=ctx, server_hostname="localhost") as c:
         ws_echo_roundtrip(c, 300000)
+        # The client's close_notify travels to the upstream as one, and the upstream's end
+        # comes back as one: unwrap() waits for the gateway's close_notify, and fails on a
+        # bare FIN.
+        c.sock.unwrap()
     for g in (gw, both):
         g.wait_metric("gateway_connections_active", 0)
+    # Both tunnels ended their TLS stream to the upstream with close_notify.
+    wait_until(lambda: len(up.tls_ends) == 2, timeout=5)
+    assert up.tls_ends == ["close_notify", "close_notify"]
+
+
+def test_connections_end_with_close_notify(gateway_factory, upstream_factory, certs):
+    """A TLS connection to an upstream that the gateway closes in good order ends with its
+    close_notify, not a bare FIN: one left idle past idle_timeout_ms, one the pool has no
+    room for (keepalive = 0)."""
+    pooled = upstream_factory("pooled", tls=server_ctx(certs.backend))
+    unpooled = upstream_factory("unpooled", tls=server_ctx(certs.backend))
+    tls = {"ca": certs.ca, "sni": "backend.test"}
+
+    def settings(port, admin_port):
+        s = settings_for([tls_up(pooled, tls), tls_up(unpooled, tls, name="nopool", keepalive=0)],
+                         routes=[route_block("nopool", "nopool", path_prefix="/echo/nopool"),
+                                 route_block("default", "app")])(port, admin_port)
+        s["limits"]["idle_timeout_ms"] = 1000
+        return s
+
+    gw = gateway_factory(settings=settings)
+    for path in ("/echo/nopool/1", "/echo/nopool/2", "/echo/pooled"):
+        assert gw.get(path).status == 200
+    wait_until(lambda: len(unpooled.tls_ends) == 2, timeout=5)
+    assert unpooled.tls_ends == ["close_notify", "close_notify"]
+    assert pooled.tls_ends == []  # still in the pool
+    wait_until(lambda: pooled.tls_ends, timeout=5)  # the idle timer closed it
+    assert pooled.tls_ends == ["close_notify"]
 
 
 def test_dump_shows_the_tls_group(gateway_bin, tmp_path, certs):

@@ -46,7 +46,8 @@ new request within that time after the previous response (or accept) is closed.
 With tls (a server-side ssl.SSLContext) every connection is TLS: the handshake runs in the
 connection's thread, the SNI names clients sent are in sni_seen, failed handshakes are
 counted in tls_failures and tls_resumed says, for each finished one, whether it resumed a
-session.
+session. tls_ends says, for each TLS connection the client ended, whether it ended with its
+close_notify ("close_notify"), with a bare FIN ("cut") or a reset ("reset").
 """
 
 import base64
@@ -59,7 +60,7 @@ import threading
 import time
 
 from rawhttp import PeerClosed, ReadTimeout, SockReader, connection_tokens, header_values, \
-    parse_header_lines, read_chunked
+    is_tls_cut, parse_header_lines, read_chunked
 
 _BLOCK = bytes((i * 7 + 3) & 0xFF for i in range(4093))  # prime length: offsets show
 
@@ -180,6 +181,9 @@ class Upstream:
         self.sni_seen = []
         self.tls_failures = 0
         self.tls_resumed = []  # per finished handshake: whether it resumed a session
+        # per TLS connection that the client ended: "close_notify", or "cut" (a FIN
+        # without it), or "reset"
+        self.tls_ends = []
         self.use_tls(tls)
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
@@ -317,6 +321,9 @@ class Upstream:
         old one handed out)."""
         if ctx is not None:
             ctx.sni_callback = self._on_sni
+            # a FIN without close_notify is an error, not an end (what tls_ends tells apart;
+            # Python ignores it by default)
+            ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
         self.tls = ctx
 
     def _tls_accept(self, c):
@@ -324,7 +331,7 @@ class Upstream:
         c.settimeout(10)
         raw = c
         try:
-            c = self.tls.wrap_socket(raw, server_side=True)
+            c = self.tls.wrap_socket(raw, server_side=True, suppress_ragged_eofs=False)
         except (ssl.SSLError, OSError):
             with self.lock:
                 self.tls_failures += 1
@@ -353,11 +360,13 @@ class Upstream:
                 try:
                     # First byte of the next request within the idle window, rest within 30 s.
                     if not r.buf and not r._fill(time.monotonic() + wait):
+                        self._peer_end(c, r.reset, r.cut)
                         return
                     head = r.read_head(time.monotonic() + 30)
                 except ReadTimeout:
                     return  # idle keep-alive connection: close it
                 if head is None:
+                    self._peer_end(c, r.reset, r.cut)
                     return
                 if not self._one_request(c, r, conn_id, head):
                     return
@@ -370,6 +379,12 @@ class Upstream:
                 c.close()
             except OSError:
                 pass
+
+    def _peer_end(self, c, reset=False, cut=False):
+        """Notes how the client ended TLS connection c."""
+        if isinstance(c, ssl.SSLSocket):
+            with self.lock:
+                self.tls_ends.append("reset" if reset else "cut" if cut else "close_notify")
 
     def _one_request(self, c, r, conn_id, head):
         """Reads the body, records, answers. Returns True to keep the connection."""
@@ -646,12 +661,20 @@ class Upstream:
             h.append(("Sec-WebSocket-Accept", acc))
         c.sendall(self._head(101, h, reason="Switching Protocols"))
         c.settimeout(30)
+        reset = cut = False
         while not self._stopping.is_set():
             try:
                 data = c.recv(65536)
             except socket.timeout:
                 continue
+            except ssl.SSLError as e:
+                if not is_tls_cut(e):
+                    raise
+                cut, data = True, b""
+            except (ConnectionResetError, BrokenPipeError):
+                reset, data = True, b""
             if not data:
+                self._peer_end(c, reset, cut)
                 break
             c.sendall(data)
         raise _Close()
