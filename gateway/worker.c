@@ -510,7 +510,10 @@ static void *worker_main(void *arg)
             atomic_store_explicit(&w->stats->busy_polls[k], w->ring.busy_polls[k],
                                   memory_order_relaxed);
     }
-    /* Let a last access-log write finish before the process exits. */
+    /* What the last callbacks queued goes out (a drain's close_notify to
+     * upstreams it closed), and a last access-log write finishes, before
+     * the process exits. */
+    gw_ring_run(&w->ring, 0);
     for (int i = 0; i < 100 && w->log_busy; i++)
         gw_ring_run(&w->ring, 10);
     gw_log_flush(w);

@@ -348,7 +348,7 @@ def test_websocket_to_tls_upstream(gateway_factory, upstream_factory, certs):
 def test_connections_end_with_close_notify(gateway_factory, upstream_factory, certs):
     """A TLS connection to an upstream that the gateway closes in good order ends with its
     close_notify, not a bare FIN: one left idle past idle_timeout_ms, one the pool has no
-    room for (keepalive = 0)."""
+    room for (keepalive = 0), one in the pool when the gateway drains."""
     pooled = upstream_factory("pooled", tls=server_ctx(certs.backend))
     unpooled = upstream_factory("unpooled", tls=server_ctx(certs.backend))
     tls = {"ca": certs.ca, "sni": "backend.test"}
@@ -368,6 +368,11 @@ def test_connections_end_with_close_notify(gateway_factory, upstream_factory, ce
     assert pooled.tls_ends == []  # still in the pool
     wait_until(lambda: pooled.tls_ends, timeout=5)  # the idle timer closed it
     assert pooled.tls_ends == ["close_notify"]
+    # and one still pooled when the gateway drains and exits
+    assert gw.get("/echo/pooled").status == 200
+    gw.stop()
+    wait_until(lambda: len(pooled.tls_ends) == 2, timeout=5)
+    assert pooled.tls_ends == ["close_notify", "close_notify"]
 
 
 def test_dump_shows_the_tls_group(gateway_bin, tmp_path, certs):
