@@ -277,6 +277,17 @@ static void render_tls(struct gw_text *out)
             gw_text_printf(out, "\",result=\"%s\"} %llu\n", results[k], (unsigned long long)v);
         }
     }
+    gw_text_printf(out, "# HELP gateway_tls_resumed_total Successful TLS handshakes that "
+                        "resumed a session (a ticket), by listener.\n"
+                        "# TYPE gateway_tls_resumed_total counter\n");
+    for (unsigned l = 0; l < nlistens; l++) {
+        uint64_t v = SUM_WORKERS(load(&ws->tls_resumed[l]));
+        if (v == 0 && SUM_WORKERS(load(&ws->tls_handshakes[l][0])) == 0)
+            continue;
+        gw_text_printf(out, "gateway_tls_resumed_total{listener=\"");
+        gw_text_label(out, listen_names[l]);
+        gw_text_printf(out, "\"} %llu\n", (unsigned long long)v);
+    }
     gw_text_printf(out, "# HELP gateway_tls_handshake_duration_seconds From the first byte of a "
                         "TLS connection to its finished handshake.\n"
                         "# TYPE gateway_tls_handshake_duration_seconds histogram\n");
@@ -422,6 +433,17 @@ static void render_servers(struct gw_text *out)
             gw_text_printf(out, ",result=\"%s\"} %llu\n", k ? "failed" : "ok",
                            (unsigned long long)v);
         }
+    }
+    gw_text_printf(out, "# HELP gateway_upstream_tls_resumed_total TLS handshakes with "
+                        "upstream servers that resumed the pool's session.\n"
+                        "# TYPE gateway_upstream_tls_resumed_total counter\n");
+    for (unsigned s = 0; s < nservers; s++) {
+        uint64_t v = SUM_WORKERS(load(&ws->servers[s]->tls_resumed));
+        if (v == 0 && SUM_WORKERS(load(&ws->servers[s]->tls_handshakes[0])) == 0)
+            continue;
+        gw_text_printf(out, "gateway_upstream_tls_resumed_total");
+        server_labels(out, s);
+        gw_text_printf(out, "} %llu\n", (unsigned long long)v);
     }
     gw_text_printf(out, "# HELP gateway_upstream_reused_total Requests sent on a pooled "
                         "keep-alive connection.\n# TYPE gateway_upstream_reused_total counter\n");

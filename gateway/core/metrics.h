@@ -88,6 +88,7 @@ struct gw_server_stats {
     _Atomic uint64_t stale_retry; /* pooled connection found closed, retried */
     _Atomic uint64_t retries;     /* retries after a failed attempt on this server */
     _Atomic uint64_t tls_handshakes[2]; /* TLS to the server: ok, failed */
+    _Atomic uint64_t tls_resumed;       /* of the ok ones, those that resumed a session */
     /* 503s without upstream contact, by reason; rendered per upstream */
     _Atomic uint64_t rejected[GW_REJECT_COUNT];
     struct gw_hist dur;           /* attempt start to response head */
@@ -116,6 +117,7 @@ struct gw_worker_stats {
     _Atomic uint64_t redis_writes;
     _Atomic uint64_t cache_l2_errors; /* values in Redis that were corrupt or cut short */
     _Atomic uint64_t tls_handshakes[GW_METRICS_MAX_LISTENS][2]; /* by listen slot: ok, failed */
+    _Atomic uint64_t tls_resumed[GW_METRICS_MAX_LISTENS];       /* of the ok ones, resumed */
     struct gw_hist tls_hs_dur;
     struct gw_route_stats *routes[GW_METRICS_MAX_SLOTS];
     struct gw_server_stats *servers[GW_METRICS_MAX_SLOTS];

@@ -259,6 +259,8 @@ static int tls_input(struct gw_conn *c)
             return TLS_IN_OK;
         c->tls_open = true;
         gw_stat_add(&w->stats->tls_handshakes[slot][0], 1);
+        if (gw_tls_resumed(c->tls))
+            gw_stat_add(&w->stats->tls_resumed[slot], 1);
         gw_hist_add(&w->stats->tls_hs_dur, gw_clock_us() - c->tls_start_us);
     }
     for (;;) {

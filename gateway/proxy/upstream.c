@@ -274,7 +274,11 @@ void gw_upconn_end_output(struct gw_upconn *u)
 
 static void tls_count(struct gw_upconn *u, bool ok)
 {
-    gw_stat_add(&u->w->stats->servers[u->pool->stats_slot]->tls_handshakes[ok ? 0 : 1], 1);
+    struct gw_server_stats *ss = u->w->stats->servers[u->pool->stats_slot];
+
+    gw_stat_add(&ss->tls_handshakes[ok ? 0 : 1], 1);
+    if (ok && gw_tls_resumed(u->tls))
+        gw_stat_add(&ss->tls_resumed, 1);
 }
 
 /* Session resumption. Each pool keeps the session of its last handshake

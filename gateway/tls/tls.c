@@ -59,6 +59,7 @@ struct gw_tls_conn {
     bool fresh_in; /* bytes came since a read last wanted more */
     int last_rc;   /* the last mbedtls error, for gw_tls_describe */
     bool bye;      /* our close_notify is queued: nothing more goes out */
+    bool full;     /* the handshake went through the server's certificate */
 };
 
 /* ---- randomness: the OS's, thread-safe ---- */
@@ -514,8 +515,19 @@ void gw_tls_in_commit(struct gw_tls_conn *t, size_t n)
 
 enum gw_tls_state gw_tls_handshake(struct gw_tls_conn *t)
 {
-    int rc = mbedtls_ssl_handshake(&t->ssl);
+    int rc = 0;
 
+    /* mbedtls_ssl_handshake's own loop, written out to watch the states: a
+     * resumed handshake (a ticket or a session id) goes from ServerHello
+     * straight to ChangeCipherSpec on both sides, and only a full one
+     * passes the server's Certificate. mbedtls 2.28 has no getter for it. */
+    while (t->ssl.state != MBEDTLS_SSL_HANDSHAKE_OVER) {
+        if (t->ssl.state == MBEDTLS_SSL_SERVER_CERTIFICATE)
+            t->full = true;
+        rc = mbedtls_ssl_handshake_step(&t->ssl);
+        if (rc != 0)
+            break;
+    }
     if (rc == 0)
         return GW_TLS_OPEN;
     if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE) {
@@ -524,6 +536,11 @@ enum gw_tls_state gw_tls_handshake(struct gw_tls_conn *t)
     }
     t->last_rc = rc;
     return GW_TLS_FAILED;
+}
+
+bool gw_tls_resumed(const struct gw_tls_conn *t)
+{
+    return t->ssl.state == MBEDTLS_SSL_HANDSHAKE_OVER && !t->full;
 }
 
 ssize_t gw_tls_read(struct gw_tls_conn *t, char *buf, size_t cap)

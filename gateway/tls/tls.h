@@ -50,6 +50,9 @@ void gw_tls_in_commit(struct gw_tls_conn *t, size_t n);
 
 /* Advances the handshake as far as the fed bytes allow. */
 enum gw_tls_state gw_tls_handshake(struct gw_tls_conn *t);
+/* After a finished handshake: whether it resumed a session (no certificate
+ * was sent or checked). */
+bool gw_tls_resumed(const struct gw_tls_conn *t);
 
 /* Decrypted bytes into buf: > 0 bytes, 0 when more ciphertext is needed,
  * -1 when the peer closed (close_notify), -2 when the stream is broken. */

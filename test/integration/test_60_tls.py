@@ -292,3 +292,25 @@ def test_close_sends_close_notify(gateway_factory, upstream, certs):
                     pytest.fail("closed without close_notify (Connection: close %s): %s"
                                 % (close, e))
         assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"\r\n\r\nok"), data
+
+
+def test_sessions_resume_from_tickets(gateway_factory, upstream, certs):
+    """A client that offers the ticket of its last session resumes it (no certificate is
+    sent), on every worker: the ticket keys are the process's. The metrics count the resumed
+    handshakes apart from the full ones."""
+    crt, key = certs.site
+    gw = gateway_factory(settings=tls_settings(upstream, {"cert": crt, "key": key}))
+    ctx = client_ctx(certs, alpn=None)
+    session, reused = None, []
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+            with ctx.wrap_socket(s, server_hostname="localhost", session=session) as t:
+                t.sendall(b"GET /ok HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                assert read_to_close(t).endswith(b"\r\n\r\nok")
+                reused.append(t.session_reused)
+                session = t.session
+    assert reused == [False, True, True, True, True]
+    m = gw.metrics()
+    listener = "127.0.0.1:%d" % gw.port
+    assert m.value("gateway_tls_handshakes_total", listener=listener, result="success") == 5
+    assert m.value("gateway_tls_resumed_total", listener=listener) == 4

@@ -435,6 +435,8 @@ def test_sessions_are_resumed(gateway_factory, upstream_factory, certs):
     m = gw.metrics()
     assert m.value("gateway_upstream_tls_handshakes_total", upstream="app", server=up.addr,
                    result="ok") == 13
+    assert m.value("gateway_upstream_tls_resumed_total", upstream="app", server=up.addr) == \
+        up.tls_resumed.count(True) == 11
 
 
 def test_an_old_session_is_tried_by_one_connection_first(gateway_factory, upstream_factory,
