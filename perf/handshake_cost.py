@@ -1,0 +1,175 @@
+#!/usr/bin/python3
+"""CPU that one full TLS 1.2 handshake (no session resumed) costs each proxy.
+
+    /usr/bin/python3 perf/handshake_cost.py [build/gateway/gateway] [handshakes]
+
+perf/bench.py's tlsnew row prices resumed handshakes only: wrk resumes its session on every
+new connection. This prices the full one, with the key exchange and the signature. It makes a
+P-256 certificate with openssl, starts the gateway (workers = 1), nginx (1 worker) and HAProxy
+(1 thread) with a TLS listener each, pinned to CPU 1, and from CPU 0 makes N handshakes
+(default 1000) one after the other to each, with a client that offers no session and asks for
+no ticket, once per ECDHE group (X25519, P-256). It reads each proxy's user+system time from
+/proc before and after and prints CPU per handshake and the client's median wall time per
+handshake. A proxy that is not installed is left out. The handshakes are sequential, so the
+CPU figure is the proxy's own cost, not a throughput under load.
+"""
+
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+
+CLIENT_CPU = 0
+PROXY_CPU = "1"
+SUITE = "ECDHE-ECDSA-AES128-GCM-SHA256"
+# None: the client's default list, X25519 first, which all three pick
+GROUPS = (None, "prime256v1")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_s(pid):
+    """User + system seconds of a process and its children that are still running."""
+    total = 0
+    pids = [pid] + [int(x) for x in subprocess.run(
+        ["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+    for p in pids:
+        try:
+            with open("/proc/%d/stat" % p) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wait_port(port, proc):
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def start(name, tmp, port):
+    crt, key, pem = (os.path.join(tmp, n) for n in ("tls.crt", "tls.key", "tls.pem"))
+    if name == "gateway":
+        conf = os.path.join(tmp, "gw.conf")
+        with open(conf, "w") as f:
+            f.write('workers = 1; access_log = false;\n'
+                    'listen = ( { address = "127.0.0.1:%d"; tls = { cert = "%s"; key = "%s"; }; } );\n'
+                    'admin = { address = "127.0.0.1:%d"; };\n'
+                    'upstreams = ( { name = "app"; servers = ( "127.0.0.1:%d" ); } );\n'
+                    'routes = ( { name = "default"; upstream = "app"; } );\n'
+                    % (port, crt, key, free_port(), free_port()))
+        argv = [GATEWAY, "-c", conf]
+    elif name == "nginx":
+        conf = os.path.join(tmp, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write("worker_processes 1; daemon off; pid %s/nginx.pid; error_log %s/nginx.err;\n"
+                    "events {}\nhttp { access_log off;\n"
+                    " client_body_temp_path %s; proxy_temp_path %s; fastcgi_temp_path %s;"
+                    " uwsgi_temp_path %s; scgi_temp_path %s;\n"
+                    " server { listen 127.0.0.1:%d ssl; ssl_certificate %s;"
+                    " ssl_certificate_key %s; ssl_protocols TLSv1.2;"
+                    " location / { return 200 ok; } } }\n"
+                    % ((tmp,) * 7 + (port, crt, key)))
+        argv = [shutil.which("nginx") or "/usr/sbin/nginx", "-p", tmp + "/", "-c", conf,
+                "-e", os.path.join(tmp, "nginx.err")]
+    else:
+        conf = os.path.join(tmp, "haproxy.cfg")
+        with open(conf, "w") as f:
+            f.write("global\n    nbthread 1\n"
+                    "defaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n"
+                    "    timeout server 5s\n"
+                    "frontend f\n    bind 127.0.0.1:%d ssl crt %s ssl-min-ver TLSv1.2"
+                    " ssl-max-ver TLSv1.2\n    http-request return status 200\n" % (port, pem))
+        argv = [shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", conf]
+    p = subprocess.Popen(["taskset", "-c", PROXY_CPU] + argv, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    if not wait_port(port, p):
+        p.kill()
+        p.wait()
+        return None
+    return p
+
+
+def handshakes(port, group, n):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(SUITE)
+    if group is not None:
+        ctx.set_ecdh_curve(group)
+    ctx.options |= ssl.OP_NO_TICKET
+    walls = []
+    for _ in range(n):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            t = time.perf_counter()
+            with ctx.wrap_socket(s) as tls:
+                walls.append(time.perf_counter() - t)
+                if tls.session_reused:
+                    raise RuntimeError("a session was resumed")
+    walls.sort()
+    return walls[len(walls) // 2]
+
+
+def main():
+    global GATEWAY
+    GATEWAY = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build/gateway/gateway")
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
+    os.sched_setaffinity(0, {CLIENT_CPU})
+    names = ["gateway"] + [x for x in ("nginx", "haproxy")
+                           if shutil.which(x) or os.path.exists("/usr/sbin/" + x)]
+    with tempfile.TemporaryDirectory() as tmp:
+        crt, key = os.path.join(tmp, "tls.crt"), os.path.join(tmp, "tls.key")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", crt,
+                        "-days", "2", "-subj", "/CN=localhost"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(os.path.join(tmp, "tls.pem"), "w") as f:
+            f.write(open(crt).read() + open(key).read())
+        procs = {}
+        try:
+            for name in names:
+                port = free_port()
+                p = start(name, tmp, port)
+                if p is None:
+                    print("%s: did not start, left out" % name)
+                    continue
+                procs[name] = (p, port)
+            print("%d full TLS 1.2 handshakes (%s, P-256 ECDSA certificate) one after the other"
+                  % (n, SUITE))
+            for group in GROUPS:
+                for name, (p, port) in procs.items():
+                    handshakes(port, group, 20)  # warm up
+                    c0 = cpu_s(p.pid)
+                    wall = handshakes(port, group, n)
+                    c1 = cpu_s(p.pid)
+                    print("  %-10s %-8s CPU %5.0f us per handshake, client wall median %.2f ms"
+                          % (group or "X25519", name, (c1 - c0) / n * 1e6, wall * 1e3))
+        finally:
+            for p, _ in procs.values():
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+if __name__ == "__main__":
+    main()
