@@ -3,6 +3,7 @@
 #include "worker.h"
 
 #include "core/clock.h"
+#include "core/jobs.h"
 #include "core/list.h"
 #include "core/log.h"
 #include "core/mem.h"
@@ -444,6 +445,7 @@ static void *worker_main(void *arg)
         io_uring_register_iowq_max_workers(&w->ring.ring, vals);
     }
     set_busy_poll(w, cfg);
+    gw_job_home_init(&w->jobs, wk->evfd);
     ret = gw_bufring_init(&w->br, &w->ring, 1, BUFRING_COUNT, BUFRING_SIZE);
     if (ret < 0) {
         snprintf(wk->err, sizeof(wk->err),
@@ -504,6 +506,7 @@ static void *worker_main(void *arg)
             gw_log_error("worker %u: io_uring_enter: %s", w->id, strerror(-ret));
             break;
         }
+        gw_jobs_collect(&w->jobs);
         if (gw_ring_cq_overflowed(&w->ring))
             gw_stat_add(&w->stats->cq_overflow, 1);
         for (int k = 0; k < 2; k++)
@@ -614,6 +617,9 @@ int gw_workers_start(struct gw_config *cfg, unsigned n, char *err, size_t errlen
         return -1;
 
     nworkers = n;
+    /* As many helpers as workers, for full TLS handshakes: without them a
+     * worker does the slow step in place, as before. */
+    (void)gw_jobs_start(n);
     workers = gw_xcalloc(n, sizeof(*workers));
     atomic_store(&published, gw_config_ref(cfg));
     atomic_store(&published_gen, cfg->generation);

@@ -74,7 +74,10 @@ static void on_config_free(struct gw_config *cfg)
 
 void gw_policy_bind(struct gw_config *cfg, const struct gw_config *prev)
 {
-    gw_config_on_free = on_config_free;
+    /* set by the first load, before any worker runs: a reload only reads
+     * it, where writing it again raced with the workers' reads */
+    if (gw_config_on_free == NULL)
+        gw_config_on_free = on_config_free;
     for (size_t i = 0; i < cfg->nservers; i++) {
         struct gw_server *s = &cfg->servers[i];
         const struct gw_server *o = find_server(prev, s);

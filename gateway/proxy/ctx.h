@@ -8,6 +8,7 @@
 #include "cache/l1.h"
 #include "core/buf.h"
 #include "core/config.h"
+#include "core/jobs.h"
 #include "core/metrics.h"
 #include "http/chunked.h"
 #include "http/msg.h"
@@ -309,6 +310,8 @@ struct gw_conn {
     struct gw_config *tls_cfg;
     bool tls_open;  /* handshake done */
     bool tls_nop;   /* a NOP is in flight to drain what mbedtls holds */
+    bool tls_job;   /* the handshake's slow step is on a helper thread (core/jobs.h) */
+    struct gw_job tls_slow;
     uint64_t tls_start_us;
     struct gw_op tls_op;
     unsigned requests;
@@ -318,6 +321,7 @@ struct gw_conn {
 struct gw_wctx {
     unsigned id;
     struct gw_ring ring;
+    struct gw_job_home jobs; /* helper-thread work of this worker's connections */
     struct gw_bufring br;
     struct gw_timers timers;
     struct gw_worker_stats *stats;

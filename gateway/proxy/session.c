@@ -240,13 +240,39 @@ static void tls_flush(struct gw_conn *c)
         tls_send_slice(c, s);
 }
 
+static void on_tls_slow_run(struct gw_job *j)
+{
+    gw_tls_slow_step(container_of(j, struct gw_conn, tls_slow)->tls);
+}
+
+static void on_tls_slow_done(struct gw_job *j);
+
 static int tls_input(struct gw_conn *c)
 {
     struct gw_wctx *w = c->w;
     unsigned slot = c->listen_slot < GW_METRICS_MAX_LISTENS ? c->listen_slot : 0;
 
     if (!c->tls_open) {
-        enum gw_tls_state st = gw_tls_handshake(c->tls);
+        enum gw_tls_state st;
+
+        if (c->tls_job)
+            return TLS_IN_OK; /* what came meanwhile waits in mbedtls' input */
+        st = gw_tls_handshake(c->tls);
+        if (st == GW_TLS_SLOW) {
+            /* The ServerKeyExchange (an ECDHE key and a signature) goes to a
+             * helper thread, so that this worker's other connections do not
+             * wait the milliseconds it takes. Nothing was sent yet, so no
+             * send of ours touches the output meanwhile. */
+            c->tls_slow.run = on_tls_slow_run;
+            c->tls_slow.done = on_tls_slow_done;
+            if (gw_jobs_submit(&w->jobs, &c->tls_slow) == 0) {
+                c->tls_job = true;
+                c->refs++;
+                return TLS_IN_OK;
+            }
+            gw_tls_slow_step(c->tls);
+            st = gw_tls_handshake(c->tls);
+        }
         tls_flush(c);
         if (st == GW_TLS_FAILED) {
             /* plain HTTP to a TLS port, a client that gave up, a bad
@@ -288,15 +314,12 @@ static int tls_input(struct gw_conn *c)
     return TLS_IN_OK;
 }
 
-static void on_tls_nop(struct gw_op *op, int res, unsigned flags)
+/* Goes on with what mbedtls holds, after a step that was not driven by a
+ * receive (a NOP, or the slow handshake step coming back). */
+static void tls_input_again(struct gw_conn *c)
 {
-    struct gw_conn *c = container_of(op, struct gw_conn, tls_op);
     int st;
 
-    (void)res;
-    (void)flags;
-    c->refs--;
-    c->tls_nop = false;
     if (c->flags & GW_C_CLOSING) {
         conn_closing_progress(c);
         return;
@@ -311,6 +334,26 @@ static void on_tls_nop(struct gw_op *op, int res, unsigned flags)
     }
     if (!(c->flags & GW_C_CLOSING))
         arm_recv(c);
+}
+
+static void on_tls_nop(struct gw_op *op, int res, unsigned flags)
+{
+    struct gw_conn *c = container_of(op, struct gw_conn, tls_op);
+
+    (void)res;
+    (void)flags;
+    c->refs--;
+    c->tls_nop = false;
+    tls_input_again(c);
+}
+
+static void on_tls_slow_done(struct gw_job *j)
+{
+    struct gw_conn *c = container_of(j, struct gw_conn, tls_slow);
+
+    c->refs--;
+    c->tls_job = false;
+    tls_input_again(c);
 }
 
 static void on_recv(struct gw_op *op, int res, unsigned flags)
@@ -2995,6 +3038,7 @@ void gw_conn_accepted(struct gw_wctx *w, int fd, unsigned listen_slot)
         c->tls = tls;
         c->tls_cfg = gw_config_ref(w->cur->cfg);
         c->tls_start_us = gw_clock_us();
+        gw_tls_defer_slow(tls);
     }
     c->w = w;
     c->fd = fd;

@@ -60,6 +60,11 @@ struct gw_tls_conn {
     int last_rc;   /* the last mbedtls error, for gw_tls_describe */
     bool bye;      /* our close_notify is queued: nothing more goes out */
     bool full;     /* the handshake went through the server's certificate */
+    bool defer;    /* stop with GW_TLS_SLOW before the ServerKeyExchange */
+    bool slow_ran; /* gw_tls_slow_step ran; slow_rc is its result */
+    int slow_rc;
+    /* bio_recv and gw_tls_feed share `in`, so no slow step may read:
+     * ServerKeyExchange only writes */
 };
 
 /* ---- randomness: the OS's, thread-safe ---- */
@@ -387,7 +392,10 @@ static int load_upstream(struct gw_upstream *u, char *err, size_t errlen)
 
 int gw_tls_load(struct gw_config *cfg, char *err, size_t errlen)
 {
-    gw_config_on_free_tls = on_config_free;
+    /* set by the first load, before any worker runs: a reload only reads
+     * it, where writing it again raced with the workers' reads */
+    if (gw_config_on_free_tls == NULL)
+        gw_config_on_free_tls = on_config_free;
     for (size_t i = 0; i < cfg->nlistens; i++)
         if (cfg->listens[i].tls.enabled && load_one(&cfg->listens[i], err, errlen) != 0)
             return -1;
@@ -521,12 +529,18 @@ enum gw_tls_state gw_tls_handshake(struct gw_tls_conn *t)
      * resumed handshake (a ticket or a session id) goes from ServerHello
      * straight to ChangeCipherSpec on both sides, and only a full one
      * passes the server's Certificate. mbedtls 2.28 has no getter for it. */
-    while (t->ssl.state != MBEDTLS_SSL_HANDSHAKE_OVER) {
+    if (t->slow_ran) {
+        t->slow_ran = false;
+        rc = t->slow_rc;
+    }
+    while (rc == 0 && t->ssl.state != MBEDTLS_SSL_HANDSHAKE_OVER) {
         if (t->ssl.state == MBEDTLS_SSL_SERVER_CERTIFICATE)
             t->full = true;
+        if (t->ssl.state == MBEDTLS_SSL_SERVER_KEY_EXCHANGE && t->defer) {
+            t->defer = false;
+            return GW_TLS_SLOW;
+        }
         rc = mbedtls_ssl_handshake_step(&t->ssl);
-        if (rc != 0)
-            break;
     }
     if (rc == 0)
         return GW_TLS_OPEN;
@@ -536,6 +550,17 @@ enum gw_tls_state gw_tls_handshake(struct gw_tls_conn *t)
     }
     t->last_rc = rc;
     return GW_TLS_FAILED;
+}
+
+void gw_tls_defer_slow(struct gw_tls_conn *t)
+{
+    t->defer = true;
+}
+
+void gw_tls_slow_step(struct gw_tls_conn *t)
+{
+    t->slow_rc = mbedtls_ssl_handshake_step(&t->ssl);
+    t->slow_ran = true;
 }
 
 bool gw_tls_resumed(const struct gw_tls_conn *t)

@@ -6,10 +6,12 @@ by SIGHUP (and a bad one refused), config errors, metrics."""
 import hashlib
 import http.client
 import json
+import os
 import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import time
 
@@ -314,3 +316,61 @@ def test_sessions_resume_from_tickets(gateway_factory, upstream, certs):
     listener = "127.0.0.1:%d" % gw.port
     assert m.value("gateway_tls_handshakes_total", listener=listener, result="success") == 5
     assert m.value("gateway_tls_resumed_total", listener=listener) == 4
+
+
+def helper_threads(pid):
+    """{tid: user+system ticks} of the gateway's helper threads (core/jobs.c)."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                if not f.read().startswith("gw-help-"):
+                    continue
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[tid] = int(fields[11]) + int(fields[12])
+    return out
+
+
+def test_full_handshakes_sign_on_helper_threads(gateway_factory, upstream, certs):
+    """The slow step of a full handshake (the ServerKeyExchange: ECDHE key and signature)
+    runs on a helper thread, one per worker, so the worker's other connections do not wait for
+    it. The helpers' CPU time grows with full handshakes; the handshakes and the requests
+    after them work as before."""
+    crt, key = certs.site
+    gw = gateway_factory(settings=tls_settings(upstream, {"cert": crt, "key": key}))
+    before = helper_threads(gw.proc.pid)
+    assert len(before) == 2  # workers = 2
+    for _ in range(60):
+        r, body = get(gw, certs, "/ok")
+        assert r.status == 200 and body == b"ok"
+    after = helper_threads(gw.proc.pid)
+    assert sum(after.values()) > sum(before.values())
+    listener = "127.0.0.1:%d" % gw.port
+    m = gw.metrics()
+    assert m.value("gateway_tls_handshakes_total", listener=listener, result="success") == 60
+    assert (m.value("gateway_tls_resumed_total", listener=listener) or 0) == 0
+
+
+def test_client_gone_while_the_handshake_signs(gateway_factory, upstream, certs):
+    """Clients that send a ClientHello and close (or reset) at once leave while their
+    handshake is on a helper thread: each connection is still closed and freed, and the
+    gateway serves the next client."""
+    crt, key = certs.site
+    gw = gateway_factory(settings=tls_settings(upstream, {"cert": crt, "key": key}))
+    ctx = client_ctx(certs, alpn=None)
+    for i in range(40):
+        inc, outg = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(inc, outg, server_hostname="localhost")
+        with pytest.raises(ssl.SSLWantReadError):
+            obj.do_handshake()
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        s.sendall(outg.read())
+        if i % 2:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    gw.wait_metric("gateway_connections_active", 0)
+    r, body = get(gw, certs, "/ok")
+    assert r.status == 200 and body == b"ok"
