@@ -256,16 +256,18 @@ static int tls_input(struct gw_conn *c)
         enum gw_tls_state st;
 
         if (c->tls_job)
-            return TLS_IN_OK; /* what came meanwhile waits in mbedtls' input */
+            return TLS_IN_OK; /* what came meanwhile is held (gw_tls_feed) */
         st = gw_tls_handshake(c->tls);
         if (st == GW_TLS_SLOW) {
-            /* The ServerKeyExchange (an ECDHE key and a signature) goes to a
-             * helper thread, so that this worker's other connections do not
-             * wait the milliseconds it takes. Nothing was sent yet, so no
-             * send of ours touches the output meanwhile. */
+            /* The ServerKeyExchange (an ECDHE key and a signature) and the
+             * ClientKeyExchange (the shared secret) go to a helper thread,
+             * so that this worker's other connections do not wait the
+             * milliseconds they take. Not while a send of ours is out: its
+             * completion would take from the output, which the step writes
+             * to when it fails with an alert. */
             c->tls_slow.run = on_tls_slow_run;
             c->tls_slow.done = on_tls_slow_done;
-            if (gw_jobs_submit(&w->jobs, &c->tls_slow) == 0) {
+            if (!(c->flags & GW_C_SEND_BUSY) && gw_jobs_submit(&w->jobs, &c->tls_slow) == 0) {
                 c->tls_job = true;
                 c->refs++;
                 return TLS_IN_OK;

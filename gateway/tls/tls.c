@@ -60,11 +60,13 @@ struct gw_tls_conn {
     int last_rc;   /* the last mbedtls error, for gw_tls_describe */
     bool bye;      /* our close_notify is queued: nothing more goes out */
     bool full;     /* the handshake went through the server's certificate */
-    bool defer;    /* stop with GW_TLS_SLOW before the ServerKeyExchange */
+    bool defer;    /* stop with GW_TLS_SLOW before the slow steps */
+    bool slow_out; /* between GW_TLS_SLOW and the next gw_tls_handshake */
     bool slow_ran; /* gw_tls_slow_step ran; slow_rc is its result */
     int slow_rc;
-    /* bio_recv and gw_tls_feed share `in`, so no slow step may read:
-     * ServerKeyExchange only writes */
+    /* While a slow step may run elsewhere it may read `in` (bio_recv), so
+     * what is fed meanwhile waits here and is appended after it. */
+    struct bytes held;
 };
 
 /* ---- randomness: the OS's, thread-safe ---- */
@@ -485,6 +487,7 @@ void gw_tls_conn_free(struct gw_tls_conn *t)
         return;
     mbedtls_ssl_free(&t->ssl);
     free(t->in.p);
+    free(t->held.p);
     free(t->out[0].p);
     free(t->out[1].p);
     free(t);
@@ -492,7 +495,7 @@ void gw_tls_conn_free(struct gw_tls_conn *t)
 
 void gw_tls_feed(struct gw_tls_conn *t, const char *p, size_t n)
 {
-    bytes_append(&t->in, p, n);
+    bytes_append(t->slow_out ? &t->held : &t->in, p, n);
     t->fresh_in = true;
 }
 
@@ -533,11 +536,22 @@ enum gw_tls_state gw_tls_handshake(struct gw_tls_conn *t)
         t->slow_ran = false;
         rc = t->slow_rc;
     }
+    if (t->slow_out) {
+        t->slow_out = false;
+        if (t->held.len > 0) {
+            bytes_append(&t->in, t->held.p + t->held.off, t->held.len);
+            t->held.off = t->held.len = 0;
+        }
+    }
     while (rc == 0 && t->ssl.state != MBEDTLS_SSL_HANDSHAKE_OVER) {
         if (t->ssl.state == MBEDTLS_SSL_SERVER_CERTIFICATE)
             t->full = true;
-        if (t->ssl.state == MBEDTLS_SSL_SERVER_KEY_EXCHANGE && t->defer) {
-            t->defer = false;
+        /* The two steps that multiply points: the ServerKeyExchange (our
+         * ECDHE key and the signature) and, once its bytes are here, the
+         * ClientKeyExchange (the shared secret). */
+        if (t->defer && (t->ssl.state == MBEDTLS_SSL_SERVER_KEY_EXCHANGE ||
+                         (t->ssl.state == MBEDTLS_SSL_CLIENT_KEY_EXCHANGE && t->in.len > 0))) {
+            t->slow_out = true;
             return GW_TLS_SLOW;
         }
         rc = mbedtls_ssl_handshake_step(&t->ssl);

@@ -50,15 +50,18 @@ char *gw_tls_in_room(struct gw_tls_conn *t, size_t want, size_t *room);
 void gw_tls_in_commit(struct gw_tls_conn *t, size_t n);
 
 /* Advances the handshake as far as the fed bytes allow. After
- * gw_tls_defer_slow, a full server handshake stops once with GW_TLS_SLOW
- * before its ServerKeyExchange (the ECDHE key and the signature: about 2 ms
- * of CPU with mbedtls 2.28). The caller then runs gw_tls_slow_step, on
- * another thread if it likes, and calls gw_tls_handshake again. */
+ * gw_tls_defer_slow, a full server handshake stops with GW_TLS_SLOW before
+ * its ServerKeyExchange (the ECDHE key and the signature: about 2 ms of CPU
+ * with mbedtls 2.28) and before the ClientKeyExchange (the shared secret,
+ * under 1 ms). The caller then runs gw_tls_slow_step, on another thread if
+ * it likes, and calls gw_tls_handshake again. */
 enum gw_tls_state gw_tls_handshake(struct gw_tls_conn *t);
 void gw_tls_defer_slow(struct gw_tls_conn *t);
 /* The step that GW_TLS_SLOW announced. It touches the connection's mbedtls
- * context and its output buffer only; while it runs, the owner may feed
- * input (gw_tls_feed, gw_tls_in_room) but must not call anything else on t. */
+ * context, the input fed before GW_TLS_SLOW and the output buffer, which
+ * has nothing new to send; while it runs, the owner may feed input
+ * (gw_tls_feed, held until the next gw_tls_handshake) and finish a send
+ * (gw_tls_sent), and must call nothing else on t. */
 void gw_tls_slow_step(struct gw_tls_conn *t);
 /* After a finished handshake: whether it resumed a session (no certificate
  * was sent or checked). */
