@@ -374,3 +374,63 @@ def test_client_gone_while_the_handshake_signs(gateway_factory, upstream, certs)
     gw.wait_metric("gateway_connections_active", 0)
     r, body = get(gw, certs, "/ok")
     assert r.status == 200 and body == b"ok"
+
+
+def _flight_to_key_exchange(gw, ctx):
+    """A client handshake driven by hand up to its ClientKeyExchange: returns the socket and
+    the client's second flight (ClientKeyExchange, ChangeCipherSpec, Finished), not sent."""
+    inc, outg = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, outg, server_hostname="localhost")
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    s.sendall(outg.read())
+    while True:
+        data = s.recv(65536)
+        assert data, "the gateway closed during the handshake"
+        inc.write(data)
+        try:
+            obj.do_handshake()
+        except ssl.SSLWantReadError:
+            pending = outg.read()
+            if pending:
+                return s, pending
+
+
+def test_key_exchange_on_a_helper_survives_a_leaving_client(gateway_factory, upstream, certs):
+    """The ClientKeyExchange is also handed to a helper thread. Clients that send their second
+    flight and close or reset at once, and clients whose ClientKeyExchange is malformed (the
+    step fails on the helper), each end with their connection closed and freed, the failures
+    are counted, and the next client is served."""
+    crt, key = certs.site
+    gw = gateway_factory(settings=tls_settings(upstream, {"cert": crt, "key": key}))
+    ctx = client_ctx(certs, alpn=None)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    for i in range(10):
+        s, flight = _flight_to_key_exchange(gw, ctx)
+        s.sendall(flight)
+        if i % 2:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    for _ in range(5):
+        s, _flight = _flight_to_key_exchange(gw, ctx)
+        # a ClientKeyExchange whose ECDHE point has a length no group has
+        body = bytes([5]) + b"\x04abcd"
+        msg = bytes([16]) + len(body).to_bytes(3, "big") + body
+        s.sendall(b"\x16\x03\x03" + len(msg).to_bytes(2, "big") + msg)
+        s.settimeout(10)
+        got = b""
+        while True:
+            data = s.recv(4096)
+            if not data:
+                break
+            got += data
+        s.close()
+        # closed, with at most an alert (mbedtls 2.28 sends none for this one)
+        assert got == b"" or got[:1] == b"\x15"
+    gw.wait_metric("gateway_connections_active", 0)
+    listener = "127.0.0.1:%d" % gw.port
+    m = gw.metrics()
+    assert m.value("gateway_tls_handshakes_total", listener=listener, result="failure") >= 5
+    r, body = get(gw, certs, "/ok")
+    assert r.status == 200 and body == b"ok"
