@@ -23,17 +23,13 @@ import sys
 import tempfile
 import time
 
+from perfutil import free_port, make_cert, wait_port, write_file
+
 CLIENT_CPU = 0
 PROXY_CPU = "1"
 SUITE = "ECDHE-ECDSA-AES128-GCM-SHA256"
 # None: the client's default list, X25519 first, which all three pick
 GROUPS = (None, "prime256v1")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_s(pid):
@@ -51,52 +47,36 @@ def cpu_s(pid):
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def wait_port(port, proc):
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
 def start(name, tmp, port):
     crt, key, pem = (os.path.join(tmp, n) for n in ("tls.crt", "tls.key", "tls.pem"))
     if name == "gateway":
-        conf = os.path.join(tmp, "gw.conf")
-        with open(conf, "w") as f:
-            f.write('workers = 1; access_log = false;\n'
-                    'listen = ( { address = "127.0.0.1:%d"; tls = { cert = "%s"; key = "%s"; }; } );\n'
-                    'admin = { address = "127.0.0.1:%d"; };\n'
-                    'upstreams = ( { name = "app"; servers = ( "127.0.0.1:%d" ); } );\n'
-                    'routes = ( { name = "default"; upstream = "app"; } );\n'
-                    % (port, crt, key, free_port(), free_port()))
+        conf = write_file(os.path.join(tmp, "gw.conf"),
+                          'workers = 1; access_log = false;\n'
+                          'listen = ( { address = "127.0.0.1:%d"; tls = { cert = "%s"; key = "%s"; }; } );\n'
+                          'admin = { address = "127.0.0.1:%d"; };\n'
+                          'upstreams = ( { name = "app"; servers = ( "127.0.0.1:%d" ); } );\n'
+                          'routes = ( { name = "default"; upstream = "app"; } );\n'
+                          % (port, crt, key, free_port(), free_port()))
         argv = [GATEWAY, "-c", conf]
     elif name == "nginx":
-        conf = os.path.join(tmp, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write("worker_processes 1; daemon off; pid %s/nginx.pid; error_log %s/nginx.err;\n"
-                    "events {}\nhttp { access_log off;\n"
-                    " client_body_temp_path %s; proxy_temp_path %s; fastcgi_temp_path %s;"
-                    " uwsgi_temp_path %s; scgi_temp_path %s;\n"
-                    " server { listen 127.0.0.1:%d ssl; ssl_certificate %s;"
-                    " ssl_certificate_key %s; ssl_protocols TLSv1.2;"
-                    " location / { return 200 ok; } } }\n"
-                    % ((tmp,) * 7 + (port, crt, key)))
+        conf = write_file(os.path.join(tmp, "nginx.conf"),
+                          "worker_processes 1; daemon off; pid %s/nginx.pid; error_log %s/nginx.err;\n"
+                          "events {}\nhttp { access_log off;\n"
+                          " client_body_temp_path %s; proxy_temp_path %s; fastcgi_temp_path %s;"
+                          " uwsgi_temp_path %s; scgi_temp_path %s;\n"
+                          " server { listen 127.0.0.1:%d ssl; ssl_certificate %s;"
+                          " ssl_certificate_key %s; ssl_protocols TLSv1.2;"
+                          " location / { return 200 ok; } } }\n"
+                          % ((tmp,) * 7 + (port, crt, key)))
         argv = [shutil.which("nginx") or "/usr/sbin/nginx", "-p", tmp + "/", "-c", conf,
                 "-e", os.path.join(tmp, "nginx.err")]
     else:
-        conf = os.path.join(tmp, "haproxy.cfg")
-        with open(conf, "w") as f:
-            f.write("global\n    nbthread 1\n"
-                    "defaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n"
-                    "    timeout server 5s\n"
-                    "frontend f\n    bind 127.0.0.1:%d ssl crt %s ssl-min-ver TLSv1.2"
-                    " ssl-max-ver TLSv1.2\n    http-request return status 200\n" % (port, pem))
+        conf = write_file(os.path.join(tmp, "haproxy.cfg"),
+                          "global\n    nbthread 1\n"
+                          "defaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n"
+                          "    timeout server 5s\n"
+                          "frontend f\n    bind 127.0.0.1:%d ssl crt %s ssl-min-ver TLSv1.2"
+                          " ssl-max-ver TLSv1.2\n    http-request return status 200\n" % (port, pem))
         argv = [shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", conf]
     p = subprocess.Popen(["taskset", "-c", PROXY_CPU] + argv, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
@@ -136,13 +116,8 @@ def main():
     names = ["gateway"] + [x for x in ("nginx", "haproxy")
                            if shutil.which(x) or os.path.exists("/usr/sbin/" + x)]
     with tempfile.TemporaryDirectory() as tmp:
-        crt, key = os.path.join(tmp, "tls.crt"), os.path.join(tmp, "tls.key")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", crt,
-                        "-days", "2", "-subj", "/CN=localhost"], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        with open(os.path.join(tmp, "tls.pem"), "w") as f:
-            f.write(open(crt).read() + open(key).read())
+        crt, key = make_cert(tmp)
+        write_file(os.path.join(tmp, "tls.pem"), open(crt).read() + open(key).read())
         procs = {}
         try:
             for name in names:

@@ -28,14 +28,10 @@ import tempfile
 import threading
 import time
 
+from perfutil import free_port, make_cert, wait_port, write_file
+
 PROXY_CPU = "1"
 CLIENT_CPU = 0
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Upstream(http.server.BaseHTTPRequestHandler):
@@ -107,27 +103,19 @@ def probe(port, until, every=0.0):
 
 def run_one(gw, tmp, args, up_port):
     port, tls_port, admin = free_port(), free_port(), free_port()
-    conf = os.path.join(tmp, "stall.conf")
-    with open(conf, "w") as f:
-        f.write('workers = 1; access_log = false;\n'
-                'listen = ( { address = "127.0.0.1:%d"; },\n'
-                '  { address = "127.0.0.1:%d"; tls = { cert = "%s/tls.crt"; key = "%s/tls.key"; }; } );\n'
-                'admin = { address = "127.0.0.1:%d"; };\n'
-                'upstreams = ( { name = "app"; servers = ( "127.0.0.1:%d" ); } );\n'
-                'routes = ( { name = "default"; upstream = "app"; cache = { ttl_s = 3600; }; } );\n'
-                % (port, tls_port, tmp, tmp, admin, up_port))
+    conf = write_file(os.path.join(tmp, "stall.conf"),
+                      'workers = 1; access_log = false;\n'
+                      'listen = ( { address = "127.0.0.1:%d"; },\n'
+                      '  { address = "127.0.0.1:%d"; tls = { cert = "%s/tls.crt"; key = "%s/tls.key"; }; } );\n'
+                      'admin = { address = "127.0.0.1:%d"; };\n'
+                      'upstreams = ( { name = "app"; servers = ( "127.0.0.1:%d" ); } );\n'
+                      'routes = ( { name = "default"; upstream = "app"; cache = { ttl_s = 3600; }; } );\n'
+                      % (port, tls_port, tmp, tmp, admin, up_port))
     p = subprocess.Popen(["taskset", "-c", PROXY_CPU, gw, "-c", conf],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or p.poll() is not None:
-                    sys.exit("%s did not start" % gw)
-                time.sleep(0.05)
+        if not wait_port(port, p):
+            sys.exit("%s did not start" % gw)
         probe(port, time.monotonic() + 0.5)  # fills the cache
         quiet = sorted(probe(port, time.monotonic() + 1.0, 1.0 / args.probe_rate))
         until = time.monotonic() + args.seconds
@@ -162,10 +150,7 @@ def main():
     args = ap.parse_args()
     os.sched_setaffinity(0, {CLIENT_CPU})
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", tmp + "/tls.key",
-                        "-out", tmp + "/tls.crt", "-days", "2", "-subj", "/CN=localhost"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        make_cert(tmp)
         up_port = free_port()
         srv = http.server.ThreadingHTTPServer(("127.0.0.1", up_port), Upstream)
         threading.Thread(target=srv.serve_forever, daemon=True).start()

@@ -11,17 +11,12 @@ time from /proc before and after. Prints CPU and wall time per scrape and the pa
 
 import http.client
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from perfutil import free_port, wait_port
 
 
 def main():
@@ -42,15 +37,8 @@ def main():
                     '  { name = "default"; upstream = "app"; } );\n' % (port, admin, up1, up2))
         p = subprocess.Popen([gw, "-c", conf], stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", admin), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or p.poll() is not None:
-                        sys.exit("the gateway did not start")
-                    time.sleep(0.05)
+            if not wait_port(admin, p):
+                sys.exit("the gateway did not start")
             for path in ("/a", "/b", "/x"):
                 for _ in range(3):  # 502s (no upstream runs): series for codes, outcomes
                     c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
