@@ -258,7 +258,7 @@ static int tls_input(struct gw_conn *c)
         if (c->tls_job)
             return TLS_IN_OK; /* what came meanwhile is held (gw_tls_feed) */
         st = gw_tls_handshake(c->tls);
-        if (st == GW_TLS_SLOW) {
+        while (st == GW_TLS_SLOW) {
             /* The ServerKeyExchange (an ECDHE key and a signature) and the
              * ClientKeyExchange (the shared secret) go to a helper thread,
              * so that this worker's other connections do not wait the

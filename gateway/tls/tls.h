@@ -35,7 +35,7 @@ enum gw_tls_state {
     GW_TLS_HANDSHAKE = 0, /* more bytes are needed */
     GW_TLS_OPEN,          /* the handshake is done */
     GW_TLS_FAILED,        /* handshake or record error: close */
-    GW_TLS_SLOW,          /* the next step signs: gw_tls_slow_step it elsewhere */
+    GW_TLS_SLOW,          /* the next step multiplies points: gw_tls_slow_step it elsewhere */
 };
 
 struct gw_tls_conn *gw_tls_conn_new(struct gw_tls_ctx *ctx);
