@@ -2,6 +2,7 @@
 """CPU that one full TLS 1.2 handshake (no session resumed) costs each proxy.
 
     /usr/bin/python3 perf/handshake_cost.py [build/gateway/gateway] [handshakes]
+                                             [--alt OTHER_BUILD] [--rounds R]
 
 perf/bench.py's tlsnew row prices resumed handshakes only: wrk resumes its session on every
 new connection. This prices the full one, with the key exchange and the signature. It makes a
@@ -12,8 +13,13 @@ no ticket, once per ECDHE group (X25519, P-256). It reads each proxy's user+syst
 /proc before and after and prints CPU per handshake and the client's median wall time per
 handshake. A proxy that is not installed is left out. The handshakes are sequential, so the
 CPU figure is the proxy's own cost, not a throughput under load.
+
+--alt measures a second gateway build beside the first (gw-alt), for a before/after. With
+--rounds R every proxy is measured R times, interleaved, and the median is printed with the
+range: on a shared box one round can be 40 % off.
 """
 
+import argparse
 import os
 import shutil
 import socket
@@ -30,6 +36,7 @@ PROXY_CPU = "1"
 SUITE = "ECDHE-ECDSA-AES128-GCM-SHA256"
 # None: the client's default list, X25519 first, which all three pick
 GROUPS = (None, "prime256v1")
+BINS = {}
 
 
 def cpu_s(pid):
@@ -49,15 +56,15 @@ def cpu_s(pid):
 
 def start(name, tmp, port):
     crt, key, pem = (os.path.join(tmp, n) for n in ("tls.crt", "tls.key", "tls.pem"))
-    if name == "gateway":
-        conf = write_file(os.path.join(tmp, "gw.conf"),
+    if name in ("gateway", "gw-alt"):
+        conf = write_file(os.path.join(tmp, name + ".conf"),
                           'workers = 1; access_log = false;\n'
                           'listen = ( { address = "127.0.0.1:%d"; tls = { cert = "%s"; key = "%s"; }; } );\n'
                           'admin = { address = "127.0.0.1:%d"; };\n'
                           'upstreams = ( { name = "app"; servers = ( "127.0.0.1:%d" ); } );\n'
                           'routes = ( { name = "default"; upstream = "app"; } );\n'
                           % (port, crt, key, free_port(), free_port()))
-        argv = [GATEWAY, "-c", conf]
+        argv = [BINS[name], "-c", conf]
     elif name == "nginx":
         conf = write_file(os.path.join(tmp, "nginx.conf"),
                           "worker_processes 1; daemon off; pid %s/nginx.pid; error_log %s/nginx.err;\n"
@@ -109,12 +116,20 @@ def handshakes(port, group, n):
 
 
 def main():
-    global GATEWAY
-    GATEWAY = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build/gateway/gateway")
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
+    ap = argparse.ArgumentParser(description="CPU per full TLS handshake, by proxy.")
+    ap.add_argument("gateway", nargs="?", default="build/gateway/gateway")
+    ap.add_argument("handshakes", nargs="?", type=int, default=1000)
+    ap.add_argument("--alt", help="another gateway build, measured as gw-alt")
+    ap.add_argument("--rounds", type=int, default=1)
+    args = ap.parse_args()
+    BINS["gateway"] = os.path.abspath(args.gateway)
+    names = ["gateway"]
+    if args.alt:
+        BINS["gw-alt"] = os.path.abspath(args.alt)
+        names.append("gw-alt")
+    n = args.handshakes
     os.sched_setaffinity(0, {CLIENT_CPU})
-    names = ["gateway"] + [x for x in ("nginx", "haproxy")
-                           if shutil.which(x) or os.path.exists("/usr/sbin/" + x)]
+    names += [x for x in ("nginx", "haproxy") if shutil.which(x) or os.path.exists("/usr/sbin/" + x)]
     with tempfile.TemporaryDirectory() as tmp:
         crt, key = make_cert(tmp)
         write_file(os.path.join(tmp, "tls.pem"), open(crt).read() + open(key).read())
@@ -128,15 +143,24 @@ def main():
                     continue
                 procs[name] = (p, port)
             print("%d full TLS 1.2 handshakes (%s, P-256 ECDSA certificate) one after the other"
-                  % (n, SUITE))
+                  ", %d round(s)" % (n, SUITE, args.rounds))
             for group in GROUPS:
-                for name, (p, port) in procs.items():
-                    handshakes(port, group, 20)  # warm up
-                    c0 = cpu_s(p.pid)
-                    wall = handshakes(port, group, n)
-                    c1 = cpu_s(p.pid)
-                    print("  %-10s %-8s CPU %5.0f us per handshake, client wall median %.2f ms"
-                          % (group or "X25519", name, (c1 - c0) / n * 1e6, wall * 1e3))
+                cpu = {name: [] for name in procs}
+                wall = {name: [] for name in procs}
+                order = list(procs)
+                for r in range(args.rounds):
+                    for name in order[r % len(order):] + order[:r % len(order)]:
+                        p, port = procs[name]
+                        handshakes(port, group, 20)  # warm up
+                        c0 = cpu_s(p.pid)
+                        wall[name].append(handshakes(port, group, n))
+                        cpu[name].append((cpu_s(p.pid) - c0) / n * 1e6)
+                for name in procs:
+                    c = sorted(cpu[name])
+                    rng = " (%.0f-%.0f)" % (c[0], c[-1]) if len(c) > 1 else ""
+                    print("  %-10s %-8s CPU %5.0f us per handshake%s, client wall median %.2f ms"
+                          % (group or "X25519", name, c[len(c) // 2], rng,
+                             sorted(wall[name])[len(c) // 2] * 1e3))
         finally:
             for p, _ in procs.values():
                 p.terminate()
