@@ -6,6 +6,7 @@
 #include "core/log.h"
 #include "core/mem.h"
 
+#include <mbedtls/ecdsa.h>
 #include <mbedtls/error.h>
 #include <mbedtls/oid.h>
 #include <mbedtls/pk.h>
@@ -235,6 +236,36 @@ static struct gw_tls_ctx *ctx_new(void)
     return ctx;
 }
 
+/* An EC key as mbedtls_pk_parse_keyfile gives it (type ECKEY) is copied
+ * into a fresh ECDSA context for every signature, and the copy's table of
+ * multiples of the generator is computed again each time: about half of
+ * what a signature costs (mbedtls 2.28: 940 us against 431 us with a kept
+ * context). Keyed as ECDSA, the same key signs in place and keeps the table
+ * in its group. The one signature made here fills that table while a
+ * single thread owns the key; from then on signing only reads it, so the
+ * workers and helpers may sign with the key at once. Any failure keeps the
+ * key as it was: only slower. */
+static void keep_sign_table(mbedtls_pk_context *key)
+{
+    mbedtls_pk_context pk;
+    unsigned char hash[32] = {0};
+    unsigned char sig[MBEDTLS_ECDSA_MAX_LEN];
+    size_t n;
+
+    if (mbedtls_pk_get_type(key) != MBEDTLS_PK_ECKEY)
+        return;
+    mbedtls_pk_init(&pk);
+    if (mbedtls_pk_setup(&pk, mbedtls_pk_info_from_type(MBEDTLS_PK_ECDSA)) != 0 ||
+        mbedtls_ecdsa_from_keypair(mbedtls_pk_ec(pk), mbedtls_pk_ec(*key)) != 0 ||
+        mbedtls_pk_sign(&pk, MBEDTLS_MD_SHA256, hash, sizeof(hash), sig, &n, os_random, NULL) !=
+            0) {
+        mbedtls_pk_free(&pk);
+        return;
+    }
+    mbedtls_pk_free(key);
+    *key = pk; /* the context only points at its key */
+}
+
 /* Loads the next certificate of ctx (ctx->certs is allocated for all of
  * them: mbedtls structures are not moved once filled) with its key, and
  * checks that they belong together and that it has not expired. */
@@ -254,6 +285,7 @@ static int load_pair(struct gw_tls_ctx *ctx, const char *cert, const char *key,
         return fail(err, errlen, at, rc, "cannot load key %s", key);
     if ((rc = mbedtls_pk_check_pair(&c->crt.pk, &c->pk)) != 0)
         return fail(err, errlen, at, rc, "key %s does not match certificate %s", key, cert);
+    keep_sign_table(&c->pk);
     c->not_after = x509_epoch(&c->crt.valid_to);
     if (c->not_after <= now)
         return fail(err, errlen, at, 0, "certificate %s expired on %04d-%02d-%02d", cert,
