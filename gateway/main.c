@@ -110,6 +110,9 @@ static struct gw_config *reload(const char *path, struct gw_config *running)
         gw_log_error("reload: 'workers' changed from %u to %u; that takes a restart, "
                      "until then %u workers serve",
                      running->workers, cfg->workers, gw_workers_resolve(running->workers));
+    if (cfg->tls_helpers != running->tls_helpers)
+        gw_log_error("reload: 'tls_helpers' changed from %d to %d; that takes a restart",
+                     running->tls_helpers, cfg->tls_helpers);
     assign_slots(cfg);
     gw_policy_bind(cfg, running);
     gw_workers_publish(cfg);

@@ -617,9 +617,9 @@ int gw_workers_start(struct gw_config *cfg, unsigned n, char *err, size_t errlen
         return -1;
 
     nworkers = n;
-    /* As many helpers as workers, for full TLS handshakes: without them a
-     * worker does the slow step in place, as before. */
-    (void)gw_jobs_start(n);
+    /* Helpers for full TLS handshakes, by default as many as workers:
+     * without them a worker does the slow steps in place. */
+    (void)gw_jobs_start(cfg->tls_helpers < 0 ? n : (unsigned)cfg->tls_helpers);
     workers = gw_xcalloc(n, sizeof(*workers));
     atomic_store(&published, gw_config_ref(cfg));
     atomic_store(&published_gen, cfg->generation);

@@ -33,7 +33,7 @@ static const char *const top_keys[] = {"workers",   "access_log",   "drain_timeo
                                        "listen",    "admin",        "limits",
                                        "upstreams", "routes",       "trusted_proxies",
                                        "cache",     "busy_poll_us", "redis",
-                                       NULL};
+                                       "tls_helpers", NULL};
 static const char *const listen_keys[] = {"address", "deadline_header", "defer_accept", "tls",
                                           NULL};
 static const char *const tls_keys[] = {"cert", "key", "certs", "min_version", "ciphers", "alpn",
@@ -1420,6 +1420,12 @@ static int parse_root(struct ctx *c, const config_setting_t *root, struct gw_con
     if (get_u32(c, root, "busy_poll_us", 0, 1000, GW_BUSY_POLL_US_DEFAULT, &cfg->busy_poll_us) ==
         -1)
         return -1;
+    {
+        long long v = -1;
+        if (get_int(c, root, "tls_helpers", -1, 256, -1, &v) == -1)
+            return -1;
+        cfg->tls_helpers = (int)v;
+    }
     if (parse_listens(c, root, cfg) == -1)
         return -1;
     if (parse_admin(c, root, cfg) == -1)

@@ -211,6 +211,7 @@ struct gw_config {
     bool access_log;
     unsigned drain_timeout_ms;
     unsigned busy_poll_us; /* spin before a sleep while busy; 0 = never */
+    int tls_helpers;       /* threads for full TLS handshakes; -1 = one per worker, 0 = none */
 
     struct gw_listen *listens;
     size_t nlistens;

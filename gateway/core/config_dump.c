@@ -262,6 +262,7 @@ void gw_config_dump(const struct gw_config *cfg, FILE *f)
     put_b(f, "", "access_log", cfg->access_log);
     put_u(f, "", "drain_timeout_ms", cfg->drain_timeout_ms);
     put_u(f, "", "busy_poll_us", cfg->busy_poll_us);
+    fprintf(f, "tls_helpers = %d;\n", cfg->tls_helpers);
     put_cidrs(f, "", "trusted_proxies", cfg->trusted_proxies, cfg->ntrusted_proxies);
     fputs("cache = {\n", f);
     put_u(f, ind, "l1_bytes", cfg->cache_l1_bytes);

@@ -355,6 +355,29 @@ def test_full_handshakes_sign_on_helper_threads(gateway_factory, upstream, certs
     assert (m.value("gateway_tls_resumed_total", listener=listener) or 0) == 0
 
 
+@pytest.mark.parametrize("helpers", [0, 3])
+def test_tls_helpers_sets_the_helper_threads(gateway_factory, upstream, certs, helpers):
+    """tls_helpers = 0 starts no helper: the slow steps run on the worker's loop, the path a
+    gateway takes when it cannot create threads, and full handshakes work as before. Any
+    other count starts that many, whatever the number of workers."""
+    crt, key = certs.site
+    base = tls_settings(upstream, {"cert": crt, "key": key})
+
+    def settings(port, admin_port):
+        s = base(port, admin_port)
+        s["tls_helpers"] = helpers
+        return s
+    gw = gateway_factory(settings=settings)
+    assert len(helper_threads(gw.proc.pid)) == helpers
+    for _ in range(20):
+        r, body = get(gw, certs, "/ok")
+        assert r.status == 200 and body == b"ok"
+    m = gw.metrics()
+    listener = "127.0.0.1:%d" % gw.port
+    assert m.value("gateway_tls_handshakes_total", listener=listener, result="success") == 20
+    assert len(helper_threads(gw.proc.pid)) == helpers
+
+
 def test_client_gone_while_the_handshake_signs(gateway_factory, upstream, certs):
     """Clients that send a ClientHello and close (or reset) at once leave while their
     handshake is on a helper thread: each connection is still closed and freed, and the

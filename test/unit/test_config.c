@@ -104,6 +104,7 @@ static void test_defaults(void)
     ok(cfg->access_log, "access_log true");
     is(cfg->drain_timeout_ms, 10000, "drain_timeout_ms");
     is(cfg->busy_poll_us, 10, "busy_poll_us");
+    is(cfg->tls_helpers, -1, "tls_helpers: one per worker");
     ok(strcmp(cfg->admin.text, "127.0.0.1:9901") == 0, "admin default");
     is(cfg->admin.sa.ss_family, AF_INET, "admin AF_INET");
     is(cfg->limits.max_header_bytes, 16384, "max_header_bytes");
@@ -137,6 +138,7 @@ static void test_full(void)
         "access_log = false;\n"
         "drain_timeout_ms = 0;\n"
         "busy_poll_us = 0;\n"
+        "tls_helpers = 0;\n"
         "listen = ( { address = \"0.0.0.0:80\"; }, { address = \"[::]:8080\"; } );\n"
         "admin = { address = \"[::1]:9000\"; };\n"
         "limits = { max_header_bytes = 1024; max_body_bytes = 1099511627776L;\n"
@@ -162,6 +164,7 @@ static void test_full(void)
     ok(!cfg->access_log, "access_log false");
     is(cfg->drain_timeout_ms, 0, "drain 0");
     is(cfg->busy_poll_us, 0, "busy_poll_us 0");
+    is(cfg->tls_helpers, 0, "tls_helpers 0");
     is(cfg->nlistens, 2, "two listeners");
     ok(strcmp(cfg->listens[1].addr.text, "[::]:8080") == 0, "IPv6 listen text");
     sin6 = (const struct sockaddr_in6 *)&cfg->listens[1].addr.sa;
@@ -307,6 +310,8 @@ static void test_ranges(void)
     load_err(LISTEN "workers = -1;\n", 2, "between 0 and 256");
     load_err(LISTEN "drain_timeout_ms = 3600001;\n", 2, "between 0 and 3600000");
     load_err(LISTEN "busy_poll_us = 1001;\n", 2, "'busy_poll_us' must be between 0 and 1000");
+    load_err(LISTEN "tls_helpers = 257;\n", 2, "'tls_helpers' must be between -1 and 256");
+    load_err(LISTEN "tls_helpers = -2;\n", 2, "between -1 and 256");
     load_err(LISTEN "limits = { max_header_bytes = 1023; };\n", 2, "between 1024 and 1048576");
     load_err(LISTEN "limits = { max_body_bytes = 1099511627777L; };\n", 2,
              "between 0 and 1099511627776");
