@@ -555,3 +555,19 @@ def ws_echo_roundtrip(c, size=300000):
         piece = blob[i:i + 32768]
         c.send(piece)
         assert c.recv_exact(len(piece), timeout=20) == piece
+
+
+def helper_threads(pid):
+    """{tid: user+system ticks} of the gateway's helper threads (core/jobs.c)."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                if not f.read().startswith("gw-help-"):
+                    continue
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[tid] = int(fields[11]) + int(fields[12])
+    return out

@@ -6,7 +6,6 @@ by SIGHUP (and a bad one refused), config errors, metrics."""
 import hashlib
 import http.client
 import json
-import os
 import shutil
 import signal
 import socket
@@ -17,8 +16,8 @@ import time
 
 import pytest
 
-from gwtest import gateway_settings, render_config, route_block, upstream_block, \
-    ws_echo_roundtrip
+from gwtest import gateway_settings, helper_threads, render_config, route_block, \
+    upstream_block, ws_echo_roundtrip
 from tlscerts import Certs
 from rawhttp import SockReader
 from upstream import pattern
@@ -317,22 +316,6 @@ def test_sessions_resume_from_tickets(gateway_factory, upstream, certs):
     listener = "127.0.0.1:%d" % gw.port
     assert m.value("gateway_tls_handshakes_total", listener=listener, result="success") == 5
     assert m.value("gateway_tls_resumed_total", listener=listener) == 4
-
-
-def helper_threads(pid):
-    """{tid: user+system ticks} of the gateway's helper threads (core/jobs.c)."""
-    out = {}
-    for tid in os.listdir("/proc/%d/task" % pid):
-        try:
-            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
-                if not f.read().startswith("gw-help-"):
-                    continue
-            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[tid] = int(fields[11]) + int(fields[12])
-    return out
 
 
 def test_full_handshakes_sign_on_helper_threads(gateway_factory, upstream, certs):

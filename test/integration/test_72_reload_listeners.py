@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from gwtest import connect_refused, render_config, wait_until
+from gwtest import connect_refused, helper_threads, render_config, wait_until
 from upstream import free_port
 
 
@@ -169,3 +169,14 @@ def test_workers_change_is_logged(gateway):
     gateway.reload(lambda s: s.update(workers=3))
     assert "'workers' changed from 2 to 3; that takes a restart" in gateway.stderr()
     assert get_status(gateway.port) == 200
+
+
+def test_tls_helpers_change_is_logged(gateway):
+    """`tls_helpers` is read at start too: a reload that changes it is taken for everything
+    else, the log says it takes a restart, and the helper threads stay as they were."""
+    before = len(helper_threads(gateway.proc.pid))
+    gateway.reload(lambda s: s.update(tls_helpers=5))
+    assert "'tls_helpers' changed from -1 to 5; that takes a restart" in gateway.stderr()
+    assert gateway.get("/ok").status == 200
+    assert len(helper_threads(gateway.proc.pid)) == before == 2
+
