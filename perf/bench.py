@@ -603,7 +603,25 @@ def summarize(runs):
         "cpu1_busy_pct_median": statistics.median(r.get("cpu1_busy_pct", 0) for r in runs),
         "errors_total": sum(r["errors"] for r in runs),
         "noisy": any(r["noise_pct"] > NOISE_LIMIT_PCT for r in runs),
+        # per round, for the paired comparison (paired_line)
+        "by_round": {r["round"]: [r["req_s"], r["lat_p99_us"] / 1000.0] for r in runs},
     }
+
+
+def paired_line(g, p):
+    """The gateway against a peer round by round. Both ran within the same round, a minute
+    apart at most, so a host that slows down for a while slows both: on a shared box the
+    per-round ratios vary less than the medians of each target do."""
+    rounds = sorted(set(g["by_round"]) & set(p["by_round"]))
+    if len(rounds) < 2:
+        return None
+    rq = [g["by_round"][k][0] / p["by_round"][k][0] for k in rounds if p["by_round"][k][0]]
+    lat = [g["by_round"][k][1] / p["by_round"][k][1] for k in rounds if p["by_round"][k][1]]
+    if not rq or not lat:
+        return None
+    return ("req/s higher in %d/%d rounds, p99 lower in %d/%d; median per-round ratio req/s "
+            "%.2fx, p99 %.2fx" % (sum(x > 1 for x in rq), len(rq), sum(x < 1 for x in lat),
+                                  len(lat), statistics.median(rq), statistics.median(lat)))
 
 
 def print_tables(scenarios, targets, summary, skipped, duration, rounds):
@@ -657,6 +675,9 @@ def print_tables(scenarios, targets, summary, skipped, duration, rounds):
                 peer, fmt_ratio(g["req_s_median"], p["req_s_median"]),
                 fmt_ratio(g["req_s_per_core_median"], p["req_s_per_core_median"]),
                 fmt_ratio(g["p99_ms_median"], p["p99_ms_median"])))
+            paired = paired_line(g, p)
+            if paired:
+                log("    paired by round: " + paired)
         base = cell.get("gw-bare")
         for t in targets:
             if t in GATEWAY_VARIANTS and t != "gw-bare" or (t == "gateway" and base):
