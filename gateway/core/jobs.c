@@ -1,5 +1,6 @@
 #include "core/jobs.h"
 
+#include "core/clock.h"
 #include "core/log.h"
 
 #include <errno.h>
@@ -22,6 +23,9 @@ static pthread_mutex_t q_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t q_cond = PTHREAD_COND_INITIALIZER;
 static struct gw_job *q_head, *q_tail;
 static unsigned nhelpers;
+/* under q_mu: for gw_jobs_stats */
+static unsigned q_len;
+static uint64_t n_taken, wait_us_sum;
 
 static void finish(struct gw_job *j)
 {
@@ -61,6 +65,9 @@ static void *helper_main(void *arg)
         q_head = j->next;
         if (q_head == NULL)
             q_tail = NULL;
+        q_len--;
+        n_taken++;
+        wait_us_sum += gw_clock_us() - j->queued_us;
         pthread_mutex_unlock(&q_mu);
         j->run(j);
         finish(j);
@@ -82,7 +89,9 @@ int gw_jobs_start(unsigned n)
         snprintf(name, sizeof(name), "gw-help-%u", i % 1000u);
         pthread_setname_np(t, name);
         pthread_detach(t);
+        pthread_mutex_lock(&q_mu);
         nhelpers++;
+        pthread_mutex_unlock(&q_mu);
     }
     return nhelpers > 0 ? 0 : -1;
 }
@@ -102,7 +111,9 @@ int gw_jobs_submit(struct gw_job_home *h, struct gw_job *j)
         return -1;
     j->home = h;
     j->next = NULL;
+    j->queued_us = gw_clock_us();
     pthread_mutex_lock(&q_mu);
+    q_len++;
     if (q_tail != NULL)
         q_tail->next = j;
     else
@@ -131,4 +142,14 @@ void gw_jobs_collect(struct gw_job_home *h)
         j->done(j);
         j = next;
     }
+}
+
+void gw_jobs_stats(struct gw_jobs_stats *s)
+{
+    pthread_mutex_lock(&q_mu);
+    s->helpers = nhelpers;
+    s->waiting = q_len;
+    s->taken = n_taken;
+    s->wait_us = wait_us_sum;
+    pthread_mutex_unlock(&q_mu);
 }

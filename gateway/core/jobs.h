@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 struct gw_job;
 struct gw_job_home;
@@ -22,6 +23,15 @@ struct gw_job {
     gw_job_fn done; /* on the submitting worker, from gw_jobs_collect */
     struct gw_job_home *home;
     struct gw_job *next;
+    uint64_t queued_us; /* when it was submitted (gw_clock_us) */
+};
+
+/* What /metrics shows of the helpers. */
+struct gw_jobs_stats {
+    unsigned helpers;  /* threads started */
+    unsigned waiting;  /* jobs queued that no helper has taken yet */
+    uint64_t taken;    /* jobs helpers have taken from the queue */
+    uint64_t wait_us;  /* the time those waited in the queue, summed */
 };
 
 /* One per worker: the jobs that finished, waiting for it. */
@@ -40,5 +50,7 @@ void gw_job_home_init(struct gw_job_home *h, int wake_fd);
 int gw_jobs_submit(struct gw_job_home *h, struct gw_job *j);
 /* Runs the done callback of each finished job of h, in the order they finished. */
 void gw_jobs_collect(struct gw_job_home *h);
+/* A consistent reading of the counters (taken under the queue's lock). */
+void gw_jobs_stats(struct gw_jobs_stats *s);
 
 #endif

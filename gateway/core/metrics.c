@@ -1,6 +1,7 @@
 /* Owns the metric registry (slot names) and the per-worker storage. */
 #include "core/metrics.h"
 
+#include "core/jobs.h"
 #include "core/mem.h"
 
 #include <stdarg.h>
@@ -644,6 +645,26 @@ void gw_metrics_render(struct gw_text *out)
         gw_text_printf(out, "gateway_ring_busy_polls_total{result=\"%s\"} %llu\n",
                        k == 0 ? "work" : "sleep",
                        (unsigned long long)SUM_WORKERS(load(&ws->busy_polls[k])));
+    {
+        struct gw_jobs_stats js;
+        gw_jobs_stats(&js);
+        gw_text_printf(out, "# HELP gateway_tls_helpers Helper threads for the slow steps of "
+                            "full TLS handshakes (tls_helpers).\n"
+                            "# TYPE gateway_tls_helpers gauge\n"
+                            "gateway_tls_helpers %u\n"
+                            "# HELP gateway_tls_helper_queue Slow handshake steps waiting for a "
+                            "helper now.\n"
+                            "# TYPE gateway_tls_helper_queue gauge\n"
+                            "gateway_tls_helper_queue %u\n",
+                       js.helpers, js.waiting);
+        render_counter(out, "gateway_tls_helper_steps_total",
+                       "Slow handshake steps that a helper has taken.", js.taken);
+        gw_text_printf(out, "# HELP gateway_tls_helper_wait_seconds_total Time those steps "
+                            "waited for a helper, summed.\n"
+                            "# TYPE gateway_tls_helper_wait_seconds_total counter\n"
+                            "gateway_tls_helper_wait_seconds_total %.6f\n",
+                       (double)js.wait_us / 1e6);
+    }
     render_counter(out, "gateway_access_log_dropped_total",
                    "Access-log lines dropped because stdout could not keep up.",
                    SUM_WORKERS(load(&ws->log_dropped)));

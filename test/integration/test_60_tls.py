@@ -359,6 +359,12 @@ def test_tls_helpers_sets_the_helper_threads(gateway_factory, upstream, certs, h
     listener = "127.0.0.1:%d" % gw.port
     assert m.value("gateway_tls_handshakes_total", listener=listener, result="success") == 20
     assert len(helper_threads(gw.proc.pid)) == helpers
+    # /metrics shows the helpers: how many, how many steps they took, what waits now
+    assert m.value("gateway_tls_helpers") == helpers
+    assert m.value("gateway_tls_helper_queue") == 0
+    steps = m.value("gateway_tls_helper_steps_total")
+    assert steps == 0 if helpers == 0 else steps >= 20
+    assert (m.value("gateway_tls_helper_wait_seconds_total") == 0) == (helpers == 0)
 
 
 def test_client_gone_while_the_handshake_signs(gateway_factory, upstream, certs):

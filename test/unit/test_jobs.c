@@ -44,8 +44,12 @@ static void test_no_helpers(void)
     int fd = eventfd(0, EFD_NONBLOCK);
 
     gw_job_home_init(&h, fd);
+    struct gw_jobs_stats st;
+
     is(gw_jobs_submit(&h, &t.j), -1, "submit refuses before any helper started");
     is(h.out, 0, "a refused job is not counted");
+    gw_jobs_stats(&st);
+    ok(st.helpers == 0 && st.waiting == 0 && st.taken == 0, "stats: no helper, nothing queued");
     close(fd);
 }
 
@@ -55,6 +59,7 @@ static void test_helpers(void)
     struct gw_job_home h;
     int fd = eventfd(0, EFD_NONBLOCK);
     int off_me = 0, once = 0, waits = 0;
+    struct gw_jobs_stats st;
 
     me = pthread_self();
     is(gw_jobs_start(2), 0, "two helpers start");
@@ -85,6 +90,10 @@ static void test_helpers(void)
     is(h.out, 0, "nothing is out after collecting");
     gw_jobs_collect(&h);
     is(dones_total, NJOBS, "collecting again runs nothing twice");
+    gw_jobs_stats(&st);
+    is(st.helpers, 2, "stats: two helpers");
+    is(st.waiting, 0, "stats: nothing left in the queue");
+    is(st.taken, NJOBS, "stats: every job taken once");
     close(fd);
 }
 
