@@ -25,7 +25,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -129,7 +128,8 @@ def main():
         names.append("gw-alt")
     n = args.handshakes
     os.sched_setaffinity(0, {CLIENT_CPU})
-    names += [x for x in ("nginx", "haproxy") if shutil.which(x) or os.path.exists("/usr/sbin/" + x)]
+    names += [x for x in ("nginx", "haproxy")
+              if shutil.which(x) or os.path.exists("/usr/sbin/" + x)]
     with tempfile.TemporaryDirectory() as tmp:
         crt, key = make_cert(tmp)
         write_file(os.path.join(tmp, "tls.pem"), open(crt).read() + open(key).read())

@@ -240,11 +240,11 @@ static struct gw_tls_ctx *ctx_new(void)
  * into a fresh ECDSA context for every signature, and the copy's table of
  * multiples of the generator is computed again each time: more than half
  * of what a signature costs (mbedtls 2.28, callgrind: 8.9 against 4.2
- * million instructions with a kept context). Keyed as ECDSA, the same key signs in place and keeps the table
- * in its group. The one signature made here fills that table while a
- * single thread owns the key; from then on signing only reads it, so the
- * workers and helpers may sign with the key at once. Any failure keeps the
- * key as it was: only slower. */
+ * million instructions with a kept context). Keyed as ECDSA, the same key
+ * signs in place and keeps the table in its group. The one signature made
+ * here fills that table while a single thread owns the key; from then on
+ * signing only reads it, so the workers and helpers may sign with the key
+ * at once. Any failure keeps the key as it was: only slower. */
 static void keep_sign_table(mbedtls_pk_context *key)
 {
     mbedtls_pk_context pk;

@@ -45,7 +45,9 @@ void gw_tls_conn_free(struct gw_tls_conn *t);
 void gw_tls_feed(struct gw_tls_conn *t, const char *p, size_t n);
 /* Room (at least want bytes, *room in all) at the end of the ciphertext
  * input, for a recv straight into it; gw_tls_in_commit says how much came.
- * Nothing else may touch t while such a recv is in flight. */
+ * Nothing else may touch t while such a recv is in flight, and it is not
+ * for a connection with gw_tls_defer_slow: a slow step away on another
+ * thread may be reading that input (feed with gw_tls_feed there). */
 char *gw_tls_in_room(struct gw_tls_conn *t, size_t want, size_t *room);
 void gw_tls_in_commit(struct gw_tls_conn *t, size_t n);
 
