@@ -100,6 +100,7 @@ struct gw_pump {
     bool in_wait, out_wait;           /* a poll of that side is in flight */
     bool in_again, out_again;         /* last splice said EAGAIN: poll next */
     bool stop, eof, finished;
+    bool quick_acks;                  /* `from` was switched to quick ACKs */
     int err;
     struct gw_op in_poll_op, out_poll_op, in_op, out_op;
     void (*done)(struct gw_pump *p, int err); /* called once, after the last op */
