@@ -9,8 +9,11 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define BUFPOOL_KEEP 1024 /* buffers kept per pool; more are freed */
@@ -58,6 +61,24 @@ void gw_bufpool_put(struct gw_bufpool *bp, struct gw_buf *b)
     }
     b->data = NULL;
     b->off = b->len = b->cap = 0;
+}
+
+/* A keep-alive connection that carries request after response is in the
+ * kernel's interactive mode: the ACK for data we receive waits to leave with
+ * our next send, or until we read. While a large body streams in, we read
+ * it only as fast as the far side of the proxy drains, so the sender's data
+ * stays unacknowledged, its window fills, and it stops until we read. It
+ * then needs a new wake-up for each window, which on a busy sender costs a
+ * scheduling delay every time: in perf/ get1m, the slowest 1 % of 1 MiB
+ * responses came in 15 pieces with 11 waits for the upstream. TCP_QUICKACK 1
+ * leaves that mode, and the sender can send the rest at once; our next send
+ * on the connection enters it again. Callers switch a socket when it first
+ * runs dry during a body, i.e. when the sender is found to be behind us:
+ * doing it at the start of every large body also fixed the tail, but cost
+ * get1m 9 % of its req/s. An error only costs speed. */
+void gw_sock_ack_quickly(int fd)
+{
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &(int){1}, sizeof(int));
 }
 
 /* Bigger pipes mean fewer splices per body; the kernel may refuse

@@ -135,6 +135,8 @@ struct gw_upconn {
     bool tls_sending;  /* a send of ciphertext is in flight */
     bool tls_nop;      /* the recv op in flight is a NOP (decrypted bytes were held) */
     bool tls_send_err; /* the send op in flight is a NOP reporting a failed encryption */
+    size_t recv_room;  /* what the recv in flight may fill */
+    bool recv_short;   /* the last recv returned less than that: the socket ran dry */
 };
 
 enum gw_req_phase {
@@ -175,6 +177,7 @@ struct gw_req {
     bool probe;                    /* the attempt is a half-open probe */
     bool retrying;                 /* counted in w->retries_active */
     bool counted_active;           /* counted in w->reqs_active */
+    bool quick_acks;               /* r->up was switched to quick ACKs for this body */
     unsigned retries_done;
     int retry_fail_status;         /* what the failed attempt would have answered */
     uint64_t attempt_start_us;     /* for gateway_upstream_request_duration_seconds */
@@ -375,6 +378,8 @@ void gw_bufpool_put(struct gw_bufpool *bp, struct gw_buf *b);
 
 /* A pipe from the worker's pool (non-blocking, sized up where the kernel
  * allows); its capacity in *cap. */
+/* Switches a TCP socket to quick ACKs for the body now arriving; see ctx.c. */
+void gw_sock_ack_quickly(int fd);
 int gw_pipe_get(struct gw_wctx *w, int fds[2], size_t *cap);
 /* clean: the pipe is known empty and may be reused. */
 void gw_pipe_put(struct gw_wctx *w, int fds[2], size_t cap, bool clean);

@@ -1527,6 +1527,11 @@ void gw_req_up_data(struct gw_req *r, int res)
         return;
     }
     if (r->resp_phase != GW_RESP_WAIT) {
+        /* The socket ran dry in the body: the server is behind us. */
+        if (u->recv_short && !r->quick_acks && r->resp_phase == GW_RESP_BODY) {
+            r->quick_acks = true;
+            gw_sock_ack_quickly(u->fd);
+        }
         resp_body_data(r);
         return;
     }

@@ -170,6 +170,7 @@ static void on_recv(struct gw_op *op, int res, unsigned flags)
         upconn_free_if_done(u);
         return;
     }
+    u->recv_short = res > 0 && (size_t)res < u->recv_room;
     if (res > 0)
         u->in.len += (size_t)res;
     gw_req_up_data(u->req, res);
@@ -231,6 +232,7 @@ static void tls_arm_recv(struct gw_upconn *u)
         return;
     }
     p = gw_tls_in_room(u->tls, TLS_RECV_ROOM, &room);
+    u->recv_room = room;
     sqe = gw_ring_sqe(&u->w->ring);
     io_uring_prep_recv(sqe, u->fd, p, room, 0);
     gw_sqe_op(sqe, &u->recv_op);
@@ -523,6 +525,7 @@ static void on_tls_recv(struct gw_op *op, int res, unsigned flags)
         }
         gw_tls_in_commit(u->tls, (size_t)res);
     }
+    u->recv_short = !nop && (size_t)res < u->recv_room;
     if (!(u->flags & UP_HANDSHAKE)) {
         tls_deliver(u);
         return;
@@ -593,7 +596,8 @@ void gw_upconn_recv(struct gw_upconn *u)
     }
     sqe = gw_ring_sqe(&u->w->ring);
     gw_buf_compact(&u->in);
-    io_uring_prep_recv(sqe, u->fd, u->in.data + u->in.len, u->in.cap - u->in.len, 0);
+    u->recv_room = u->in.cap - u->in.len;
+    io_uring_prep_recv(sqe, u->fd, u->in.data + u->in.len, u->recv_room, 0);
     gw_sqe_op(sqe, &u->recv_op);
     u->refs++;
 }
