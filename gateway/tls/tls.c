@@ -185,11 +185,16 @@ static int on_sni(void *arg, mbedtls_ssl_context *ssl, const unsigned char *name
     return 0;
 }
 
-/* AEAD suites with forward secrecy. */
+/* AEAD suites with forward secrecy, fastest first: as a server mbedtls
+ * takes the first of ours that the client offers, and as a client we offer
+ * them in this order. mbedtls 2.28's GCM hashes 16 bytes per call and
+ * moves 115-135 MB/s on one core of our benchmark guest, its
+ * ChaCha20-Poly1305 180-285 MB/s (records of 128 B to 16 KiB), so ChaCha
+ * comes first; OpenSSL's GCM does 3 GB/s there. */
 static const char *const default_suites[] = {
-    "TLS-ECDHE-ECDSA-WITH-AES-256-GCM-SHA384",       "TLS-ECDHE-RSA-WITH-AES-256-GCM-SHA384",
-    "TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256",       "TLS-ECDHE-RSA-WITH-AES-128-GCM-SHA256",
     "TLS-ECDHE-ECDSA-WITH-CHACHA20-POLY1305-SHA256", "TLS-ECDHE-RSA-WITH-CHACHA20-POLY1305-SHA256",
+    "TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256",       "TLS-ECDHE-RSA-WITH-AES-128-GCM-SHA256",
+    "TLS-ECDHE-ECDSA-WITH-AES-256-GCM-SHA384",       "TLS-ECDHE-RSA-WITH-AES-256-GCM-SHA384",
     NULL};
 static const char *const default_alpn[] = {"http/1.1", NULL};
 
