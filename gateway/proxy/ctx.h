@@ -376,10 +376,10 @@ void gw_bufpool_get(struct gw_bufpool *bp, struct gw_buf *b);
 /* Returns b's storage to the pool (or frees it if of another size). */
 void gw_bufpool_put(struct gw_bufpool *bp, struct gw_buf *b);
 
-/* A pipe from the worker's pool (non-blocking, sized up where the kernel
- * allows); its capacity in *cap. */
 /* Switches a TCP socket to quick ACKs for the body now arriving; see ctx.c. */
 void gw_sock_ack_quickly(int fd);
+/* A pipe from the worker's pool (non-blocking, sized up where the kernel
+ * allows); its capacity in *cap. */
 int gw_pipe_get(struct gw_wctx *w, int fds[2], size_t *cap);
 /* clean: the pipe is known empty and may be reused. */
 void gw_pipe_put(struct gw_wctx *w, int fds[2], size_t cap, bool clean);
