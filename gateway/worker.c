@@ -468,6 +468,7 @@ static void *worker_main(void *arg)
         size_t hb = cfg->limits.max_header_bytes;
         gw_bufpool_init(&w->in_pool, hb + 16 * 1024);
         gw_bufpool_init(&w->out_pool, hb + GW_UP_BUF_BODY);
+        gw_bufpool_init(&w->body_pool, GW_BODY_BUF);
     }
 
     for (size_t i = 0; i < cfg->nlistens; i++)

@@ -16,13 +16,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define BUFPOOL_KEEP 1024 /* buffers kept per pool; more are freed */
+/* Free buffers a pool keeps, in bytes (at least 16 buffers): after a burst,
+ * a worker holds on to no more than this per pool. */
+#define BUFPOOL_KEEP_BYTES (32u << 20)
 #define PIPES_KEEP 256
 #define LOG_BUF_BYTES (256 * 1024)
 
 void gw_bufpool_init(struct gw_bufpool *bp, size_t size)
 {
     bp->size = size;
+    bp->keep = BUFPOOL_KEEP_BYTES / size > 16 ? (unsigned)(BUFPOOL_KEEP_BYTES / size) : 16;
     bp->n = 0;
     bp->cap = 64;
     bp->free = gw_xmalloc(sizeof(char *) * bp->cap);
@@ -50,7 +53,7 @@ void gw_bufpool_put(struct gw_bufpool *bp, struct gw_buf *b)
 {
     if (b->data == NULL)
         return;
-    if (b->cap != bp->size || bp->n == BUFPOOL_KEEP) {
+    if (b->cap != bp->size || bp->n == bp->keep) {
         free(b->data);
     } else {
         if (bp->n == bp->cap) {

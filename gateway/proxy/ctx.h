@@ -36,6 +36,9 @@
 #endif
 /* Response bytes read per upstream recv in copy mode. */
 #define GW_UP_BUF_BODY (32 * 1024)
+/* A request body that is copied (chunked, or too small or not able to be
+ * spliced) is read straight into r->uout, in reads of up to this much. */
+#define GW_BODY_BUF (128 * 1024)
 #define GW_CACHE_KEY_MAX 1024 /* longer keys bypass the cache */
 #define GW_FILL_BUCKETS 256   /* requests fetching a key for others, by key hash */
 
@@ -46,6 +49,7 @@ struct gw_conn;
  * call malloc. */
 struct gw_bufpool {
     size_t size;
+    unsigned keep; /* free buffers kept at most; more are freed */
     char **free;
     unsigned n, cap;
 };
@@ -213,6 +217,7 @@ struct gw_req {
     size_t uout_sent;      /* bytes of uout sent when uout_keep */
     uint64_t body_left;    /* Content-Length bytes not yet taken from c->in */
     uint64_t body_seen;    /* chunked body bytes taken so far (max_body_bytes) */
+    size_t body_recv_at;   /* where in uout.data the body recv in flight writes */
     bool body_chunked;
     bool up_ready;         /* r->up is connected */
     bool up_recv_started;  /* the response recv has been issued */
@@ -287,6 +292,7 @@ enum {
     GW_C_IN_HEAD = 1 << 6,   /* bytes of a request head have arrived */
     GW_C_FREED = 1 << 7,     /* back on the free list: nothing may free it again */
     GW_C_TLS_BYE = 1 << 8,   /* closing: the close_notify still goes out first */
+    GW_C_RECV_BODY = 1 << 9, /* the armed recv reads body bytes straight into r->uout */
 };
 
 struct gw_conn {
@@ -337,6 +343,7 @@ struct gw_wctx {
     struct gw_upconn *free_upconns;
     struct gw_bufpool in_pool;  /* client input, upstream output */
     struct gw_bufpool out_pool; /* client output heads, upstream input */
+    struct gw_bufpool body_pool; /* r->uout while a request body streams through it */
     int *free_pipes;            /* triples: read end, write end, capacity */
     unsigned nfree_pipes;
     struct gw_pool *pools;

@@ -72,12 +72,69 @@ static bool conn_wants_recv(const struct gw_conn *c)
            (c->in.data == NULL || c->in.len < c->in.cap);
 }
 
+/* A request body that is copied rather than spliced (chunked, shorter than
+ * a splice pays off for, or splice unavailable) is read straight into
+ * r->uout once c->in has nothing left, and goes from there to the
+ * upstream: no ring buffer and no copy through c->in, and reads of up to
+ * GW_BODY_BUF instead of one ring buffer. 16 KiB reads cost a 1 MiB upload
+ * with splice off a third of its rate (perf/ post1m: 750 req/s, against
+ * 1162 with 64 KiB reads). Not for TLS, where mbedtls reads the socket's
+ * bytes, nor for a request kept whole in uout for a retry. */
+static bool body_recv_ok(const struct gw_req *r)
+{
+    const struct gw_conn *c = r->c;
+
+    return c->tls == NULL && c->in.len == 0 && r->req_phase == GW_REQ_SEND && !r->aborting &&
+           !r->uout_keep && r->up != NULL && r->up_ready && r->uout.data != NULL &&
+           r->resp_phase != GW_RESP_DONE && !body_complete(r);
+}
+
+static void arm_body_recv(struct gw_req *r)
+{
+    struct gw_conn *c = r->c;
+    struct gw_wctx *w = c->w;
+    struct gw_buf *u = &r->uout;
+    struct io_uring_sqe *sqe;
+    size_t room;
+
+    /* uout can't move while a send from it is in flight; the send's
+     * completion comes back here */
+    if (!r->uout_sending) {
+        if (u->cap < w->body_pool.size) {
+            struct gw_buf big = {0};
+            gw_bufpool_get(&w->body_pool, &big);
+            memcpy(big.data, gw_buf_head(u), u->len);
+            big.len = u->len;
+            gw_bufpool_put(&w->in_pool, u);
+            *u = big;
+        }
+        gw_buf_compact(u);
+    }
+    r->body_recv_at = u->off + u->len;
+    room = u->cap - r->body_recv_at;
+    if (room < u->cap / 4)
+        return;
+    /* A Content-Length body is read no further than its end: what follows
+     * is the next request, which belongs in c->in. */
+    if (!r->body_chunked && room > r->body_left)
+        room = (size_t)r->body_left;
+    sqe = gw_ring_sqe(&w->ring);
+    io_uring_prep_recv(sqe, c->fd, u->data + r->body_recv_at, room, 0);
+    gw_sqe_op(sqe, &c->recv_op);
+    c->refs++;
+    c->flags |= GW_C_RECV_ARMED | GW_C_RECV_BODY;
+}
+
 static void arm_recv(struct gw_conn *c)
 {
     struct io_uring_sqe *sqe;
 
     if (!conn_wants_recv(c) || c->tls_nop)
         return;
+    if (c->req != NULL && body_recv_ok(c->req)) {
+        arm_body_recv(c->req);
+        return;
+    }
     /* mbedtls may hold records already received (the input buffer was
      * full): they will not come through the socket again */
     if (c->tls != NULL && c->tls_open && gw_tls_pending(c->tls)) {
@@ -162,6 +219,65 @@ static void in_append(struct gw_conn *c, const char *p, size_t n)
     b->data = gw_xrealloc(b->data, b->cap);
     memcpy(b->data + b->len, p, n);
     b->len += n;
+}
+
+/* The body recv's bytes are at uout.data + body_recv_at, right after what
+ * uout still holds (a send may have emptied it meanwhile, and emptying
+ * resets off). A chunked body may end inside them: the rest is the next
+ * request and moves to c->in. */
+static void on_client_eof(struct gw_conn *c);
+
+static void on_body_recv(struct gw_conn *c, int res)
+{
+    struct gw_req *r = c->req;
+    struct gw_buf *u = &r->uout;
+    size_t n;
+
+    if (c->flags & GW_C_CLOSING) {
+        conn_closing_progress(c);
+        return;
+    }
+    if (res > 0)
+        gw_stat_add(&c->w->stats->bytes_in, (uint64_t)res);
+    if (r->resp_phase == GW_RESP_DONE || r->aborting) {
+        req_try_finish(r); /* the request ended while the recv was out */
+        return;
+    }
+    if (res == 0) {
+        c->flags |= GW_C_PEER_EOF;
+        on_client_eof(c);
+        return;
+    }
+    if (res < 0) {
+        if (res == -ECANCELED)
+            req_advance_up(r); /* stopped on purpose, e.g. for a splice */
+        else
+            conn_abort(c);
+        return;
+    }
+    n = (size_t)res;
+    if (u->len == 0)
+        u->off = r->body_recv_at;
+    if (r->body_chunked) {
+        const char *p = u->data + r->body_recv_at;
+        ssize_t k = gw_chunked_scan(&r->chunk, p, n);
+        if (k < 0) {
+            req_fail(r, 400, GW_OUTCOME_COUNT);
+            return;
+        }
+        r->body_seen += (size_t)k;
+        if (r->body_seen > r->cfgref->cfg->limits.max_body_bytes + 1024) {
+            req_fail(r, 413, GW_OUTCOME_COUNT);
+            return;
+        }
+        if ((size_t)k < n)
+            in_append(c, p + k, n - (size_t)k);
+        n = (size_t)k;
+    } else {
+        r->body_left -= n;
+    }
+    u->len += n;
+    req_advance_up(r);
 }
 
 static void tcopy_down(struct gw_req *r);
@@ -363,6 +479,12 @@ static void on_recv(struct gw_op *op, int res, unsigned flags)
     struct gw_conn *c = container_of(op, struct gw_conn, recv_op);
     struct gw_wctx *w = c->w;
 
+    if (c->flags & GW_C_RECV_BODY) {
+        c->refs--;
+        c->flags &= ~(GW_C_RECV_ARMED | GW_C_RECV_CANCEL | GW_C_RECV_BODY);
+        on_body_recv(c, res);
+        return;
+    }
     if (!(flags & IORING_CQE_F_MORE)) {
         c->refs--;
         c->flags &= ~(GW_C_RECV_ARMED | GW_C_RECV_CANCEL);
@@ -840,7 +962,7 @@ static void req_finish(struct gw_req *r)
         w->reqs_active--;
     if (r->retrying)
         w->retries_active--;
-    gw_bufpool_put(&w->in_pool, &r->uout);
+    gw_bufpool_put(r->uout.cap == w->body_pool.size ? &w->body_pool : &w->in_pool, &r->uout);
     if (!(c->flags & GW_C_SEND_BUSY))
         gw_bufpool_put(&w->out_pool, &c->out);
     gw_cfgref_release(w, r->cfgref);
@@ -867,12 +989,17 @@ static void req_finish(struct gw_req *r)
 static bool req_busy(const struct gw_req *r)
 {
     return r->uout_sending || r->pump_down_on || r->pump_up_on ||
-           (r->c->flags & GW_C_SEND_BUSY) || r->c->deferred != NULL;
+           (r->c->flags & (GW_C_SEND_BUSY | GW_C_RECV_BODY)) || r->c->deferred != NULL;
 }
 
 static void req_try_finish(struct gw_req *r)
 {
-    if (r->resp_phase == GW_RESP_DONE && !req_busy(r))
+    if (r->resp_phase != GW_RESP_DONE)
+        return;
+    /* A body recv writes into uout: the request, and uout, wait for it. */
+    if (r->c->flags & GW_C_RECV_BODY)
+        stop_recv(r->c);
+    if (!req_busy(r))
         req_finish(r);
 }
 
@@ -984,7 +1111,7 @@ static int req_take_body(struct gw_req *r)
 
     if (body_complete(r) || c->in.len == 0)
         return 0;
-    if (!r->uout_sending && !r->uout_keep)
+    if (!r->uout_sending && !r->uout_keep && !(c->flags & GW_C_RECV_BODY))
         gw_buf_compact(u);
     room = u->cap - u->off - u->len;
     n = c->in.len < room ? c->in.len : room;

@@ -5,7 +5,9 @@ import concurrent.futures
 import hashlib
 import json
 import random
+import socket
 import threading
+import time
 
 import pytest
 
@@ -105,6 +107,107 @@ def test_chunked_request_with_trailer(gateway, upstream):
     assert r.status == 200, r
     doc = json.loads(r.body)
     assert (doc["length"], doc["sha256"]) == (len(data), sha256(data))
+
+
+def _send_in_pieces(c, data, cuts, pause=0.15):
+    """Sends data in the pieces between cuts, pausing before each: the first pause lets the
+    upstream connection come up, so the later pieces meet a body already streaming."""
+    at = 0
+    for cut in list(cuts) + [len(data)]:
+        c.send(data[at:cut])
+        at = cut
+        time.sleep(pause)
+
+
+def test_chunked_upload_in_pieces_then_pipelined_request(gateway, upstream):
+    """A chunked body that arrives in pieces while it streams to the upstream, with the next
+    request in the same packet as its last piece: the body arrives unaltered, and the
+    pipelined request is answered after it, on the same connection."""
+    data = pattern(600000)
+    head = request_bytes("POST", "/upload", [("Transfer-Encoding", "chunked")])
+    msg = head + chunked_body(data) + request_bytes("GET", "/echo/next")
+    with gateway.raw(timeout=20) as c:
+        _send_in_pieces(c, msg, [len(head) + 500, len(head) + 250000])
+        first = c.read_response()
+        second = c.read_response()
+    assert first.status == 200, first
+    doc = json.loads(first.body)
+    assert (doc["length"], doc["sha256"]) == (len(data), sha256(data))
+    assert echo_doc(second)["path"] == "/echo/next"
+
+
+def test_midsize_upload_in_pieces_then_pipelined_request(gateway, upstream):
+    """A Content-Length body too large to keep for a retry but too small to splice (48 KiB),
+    arriving in pieces with the next request right behind it: both are answered, in order,
+    and no byte of the second request is taken for the first one's body."""
+    data = pattern(48 * 1024)
+    head = request_bytes("POST", "/upload", [("Content-Length", str(len(data)))])
+    msg = head + data + request_bytes("GET", "/echo/after")
+    with gateway.raw(timeout=20) as c:
+        _send_in_pieces(c, msg, [len(head) + 100, len(head) + 20000])
+        first = c.read_response()
+        second = c.read_response()
+    doc = json.loads(first.body)
+    assert (doc["length"], doc["sha256"]) == (len(data), sha256(data))
+    assert echo_doc(second)["path"] == "/echo/after"
+
+
+def test_client_leaving_mid_chunked_body_disturbs_no_one(gateway, upstream):
+    """A client that goes away while its chunked body streams abandons only its own request:
+    the upstream never sees that body complete, and other clients are served meanwhile."""
+    with gateway.raw(timeout=10) as c:
+        c.send(request_bytes("POST", "/upload", [("Transfer-Encoding", "chunked")]) +
+               b"10000\r\n" + b"x" * 30000)
+        time.sleep(0.3)
+        c.send(b"y" * 20000)
+        time.sleep(0.1)
+    for _ in range(5):
+        assert gateway.get("/ok").status == 200
+    time.sleep(0.2)
+    assert [q.complete for q in upstream.requests if q.path == "/upload"] == [False]
+    assert gateway.alive()
+
+
+def test_upstream_answering_before_the_body_ends(gateway_factory, upstream):
+    """An upstream that answers (403, keep-alive) before it has read a streaming chunked
+    body, while the gateway waits for more of it: the client gets the answer and the
+    connection closes after it, since the rest of the body can't be skipped; the gateway
+    goes on serving."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    addr = "127.0.0.1:%d" % srv.getsockname()[1]
+    got = []
+
+    def answer_early():
+        s, _ = srv.accept()
+        with s:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += s.recv(65536)
+            got.append(buf)
+            time.sleep(0.4)  # meanwhile the client sends more, and the gateway reads it
+            s.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\nno\n")
+            time.sleep(1.0)
+
+    t = threading.Thread(target=answer_early, daemon=True)
+    t.start()
+    gw = gateway_factory(upstreams=[upstream_block("early", addr), upstream_block("app", upstream.addr)],
+                         routes=[route_block("ok", "app", path_prefix="/ok"),
+                                 route_block("early", "early")],
+                         workers=1)
+    with gw.raw(timeout=10) as c:
+        c.send(request_bytes("POST", "/up", [("Transfer-Encoding", "chunked")]) +
+               b"8000\r\n" + b"x" * 1000)
+        time.sleep(0.2)
+        c.send(b"x" * 1000)
+        r = c.read_response(timeout=5)
+        assert r.status == 403 and r.body == b"no\n"
+        assert c.wait_closed(5)
+    t.join(timeout=5)
+    srv.close()
+    assert got and got[0].startswith(b"POST /up ")
+    assert gw.get("/ok").status == 200
 
 
 def test_chunked_response_intact(gateway):
