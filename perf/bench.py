@@ -5,7 +5,7 @@ Method: /work/shared/PERF_METHOD.md (summarised in perf/README.md).
 
   upstream nginx + wrk  -> CPU 0        proxy under test -> CPU 1 alone
   targets: direct (wrk -> upstream), nginx, haproxy, gateway
-  scenarios: get128 get16k get1m newconn post1m
+  scenarios: get128 get16k get1m newconn post1m postchunk, cache, TLS (SCENARIOS)
   rounds: every scenario runs on every target (order rotated per round)
           before the next scenario; medians and spread over rounds.
 
@@ -50,6 +50,10 @@ SCENARIOS = {
                     desc="GET 128 B, Connection: close (new connection per request), 64 conns"),
     "post1m": dict(path="/post", conns=16, post=POST_BYTES,
                    desc="POST 1 MiB body, keep-alive, 16 conns"),
+    # The same body chunked (16 chunks of 64 KiB): no proxy can splice it, since the
+    # framing is read, so this prices each one's copy path for uploads.
+    "postchunk": dict(path="/post", conns=16, post=POST_BYTES, chunked=True,
+                      desc="POST 1 MiB chunked body (64 KiB chunks), keep-alive, 16 conns"),
     # The upstream marks /cached/ cacheable (1 h); each proxy caches it, so after the
     # warm-up every request is a hit (the functional check asserts the second one is).
     "cache128": dict(path="/cached/128.bin", conns=64,
@@ -446,9 +450,23 @@ def functional_checks(port, files):
                                    timeout=10)
         return None if st == 200 else "POST /post (1 MiB) -> HTTP %d" % st
 
+    def post_chunked():
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            piece = b"x" * (64 * 1024)
+            c.request("POST", "/post", body=iter([piece] * (POST_BYTES // len(piece))),
+                      headers={"Content-Type": "application/octet-stream",
+                               "Transfer-Encoding": "chunked"}, encode_chunked=True)
+            r = c.getresponse()
+            r.read()
+            st = r.status
+        finally:
+            c.close()
+        return None if st == 200 else "POST /post (1 MiB chunked) -> HTTP %d" % st
+
     checks = {"get128": lambda: get("/128.bin"), "get16k": lambda: get("/16k.bin"),
               "get1m": lambda: get("/1m.bin"), "newconn": lambda: get("/128.bin", True),
-              "post1m": post, "cache128": lambda: cached("/cached/128.bin"),
+              "post1m": post, "postchunk": post_chunked, "cache128": lambda: cached("/cached/128.bin"),
               "cache16k": lambda: cached("/cached/16k.bin")}
     for name, fn in checks.items():
         try:
@@ -467,6 +485,7 @@ def run_wrk(port, scen, duration, procs_by_role, target, scrape=None):
     env = dict(os.environ)
     env["BENCH_POST_BYTES"] = str(scen.get("post", 0))
     env["BENCH_CONN_CLOSE"] = "1" if scen.get("close") else "0"
+    env["BENCH_POST_CHUNKED"] = "1" if scen.get("chunked") else "0"
     argv = ["taskset", "-c", WRK_CPU, "wrk", "-t1", "-c%d" % scen["conns"],
             "-d%ds" % duration, "--timeout", "5s", "--latency", "-s", LUA,
             "%s://127.0.0.1:%d%s" % ("https" if scen.get("tls") else "http", port, scen["path"])]
