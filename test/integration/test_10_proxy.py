@@ -136,6 +136,26 @@ def test_chunked_upload_in_pieces_then_pipelined_request(gateway, upstream):
     assert echo_doc(second)["path"] == "/echo/next"
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_chunked_upload_split_at_random_points(gateway, upstream, seed):
+    """A chunked body with random chunk sizes, sent in random pieces while it streams, so that
+    reads end inside chunk-size lines, CRLFs and the last chunk: it arrives unaltered, and a
+    request pipelined after it is answered."""
+    rnd = random.Random(seed)
+    data = bytes(rnd.getrandbits(8) for _ in range(400000))
+    sizes = [rnd.choice([1, 2, 15, 16, 17, 255, 4096, 70000]) for _ in range(40)]
+    head = request_bytes("POST", "/upload", [("Transfer-Encoding", "chunked")])
+    msg = head + chunked_body(data, sizes=sizes) + request_bytes("GET", "/echo/last")
+    cuts = sorted(rnd.sample(range(len(head) + 1, len(msg)), 30))
+    with gateway.raw(timeout=20) as c:
+        _send_in_pieces(c, msg, cuts, pause=0.01)
+        first = c.read_response()
+        second = c.read_response()
+    doc = json.loads(first.body)
+    assert (doc["length"], doc["sha256"]) == (len(data), sha256(data))
+    assert echo_doc(second)["path"] == "/echo/last"
+
+
 def test_midsize_upload_in_pieces_then_pipelined_request(gateway, upstream):
     """A Content-Length body too large to keep for a retry but too small to splice (48 KiB),
     arriving in pieces with the next request right behind it: both are answered, in order,
