@@ -78,9 +78,10 @@ static bool conn_wants_recv(const struct gw_conn *c)
  * upstream: no ring buffer and no copy through c->in, and reads of up to
  * GW_BODY_BUF instead of one ring buffer. The recv's fixed cost was the
  * limit: in perf/, 1 MiB chunked uploads went from 662 to 1436 req/s, and
- * post1m with splice off from 743 to 1467 (64 KiB ring buffers alone gave
- * 1.55x, bigger sends alone 1.11x). Not for TLS, where mbedtls reads the
- * socket's bytes, nor for a request kept whole in uout for a retry. */
+ * post1m with splice off from 743 to 1467, with 128 KiB reads (64 KiB ring
+ * buffers alone gave 1.55x, bigger sends alone 1.11x). Not for TLS, where
+ * mbedtls reads the socket's bytes, nor for a request kept whole in uout
+ * for a retry. */
 static bool body_recv_ok(const struct gw_req *r)
 {
     const struct gw_conn *c = r->c;
