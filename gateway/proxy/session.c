@@ -229,11 +229,15 @@ static void on_client_eof(struct gw_conn *c);
  * uout still holds (a send may have emptied it meanwhile, and emptying
  * resets off). A chunked body may end inside them: the rest is the next
  * request and moves to c->in. */
+static int body_count(struct gw_req *r, const char *p, size_t n, size_t *take);
+
 static void on_body_recv(struct gw_conn *c, int res)
 {
     struct gw_req *r = c->req;
     struct gw_buf *u = &r->uout;
+    const char *p;
     size_t n;
+    int ret;
 
     if (c->flags & GW_C_CLOSING) {
         conn_closing_progress(c);
@@ -257,27 +261,16 @@ static void on_body_recv(struct gw_conn *c, int res)
             conn_abort(c);
         return;
     }
-    n = (size_t)res;
     if (u->len == 0)
         u->off = r->body_recv_at;
-    if (r->body_chunked) {
-        const char *p = u->data + r->body_recv_at;
-        ssize_t k = gw_chunked_scan(&r->chunk, p, n);
-        if (k < 0) {
-            req_fail(r, 400, GW_OUTCOME_COUNT);
-            return;
-        }
-        r->body_seen += (size_t)k;
-        if (r->body_seen > r->cfgref->cfg->limits.max_body_bytes + 1024) {
-            req_fail(r, 413, GW_OUTCOME_COUNT);
-            return;
-        }
-        if ((size_t)k < n)
-            in_append(c, p + k, n - (size_t)k);
-        n = (size_t)k;
-    } else {
-        r->body_left -= n;
+    p = u->data + r->body_recv_at;
+    ret = body_count(r, p, (size_t)res, &n);
+    if (ret != 0) {
+        req_fail(r, ret == -1 ? 400 : 413, GW_OUTCOME_COUNT);
+        return;
     }
+    if (n < (size_t)res)
+        in_append(c, p + n, (size_t)res - n);
     u->len += n;
     req_advance_up(r);
 }
@@ -1103,13 +1096,37 @@ static bool body_complete(const struct gw_req *r)
     return r->body_chunked ? r->chunk.done : r->body_left == 0;
 }
 
-/* Moves request body bytes from c->in into r->uout. Returns -1 for a bad
- * chunked body, -2 for a body over max_body_bytes, else 0. */
+/* Counts n bytes at p from the client against the request body: *take of
+ * them belong to it (fewer than n where the body ends inside them).
+ * Returns -1 for a bad chunked body, -2 for a body over max_body_bytes,
+ * else 0. */
+static int body_count(struct gw_req *r, const char *p, size_t n, size_t *take)
+{
+    if (r->body_chunked) {
+        ssize_t k = gw_chunked_scan(&r->chunk, p, n);
+        if (k < 0)
+            return -1;
+        n = (size_t)k;
+        r->body_seen += n;
+        if (r->body_seen > r->cfgref->cfg->limits.max_body_bytes + 1024)
+            return -2;
+    } else {
+        if (n > r->body_left)
+            n = (size_t)r->body_left;
+        r->body_left -= n;
+    }
+    *take = n;
+    return 0;
+}
+
+/* Moves request body bytes from c->in into r->uout. Returns what
+ * body_count does. */
 static int req_take_body(struct gw_req *r)
 {
     struct gw_conn *c = r->c;
     struct gw_buf *u = &r->uout;
     size_t room, n;
+    int ret;
 
     if (body_complete(r) || c->in.len == 0)
         return 0;
@@ -1117,22 +1134,12 @@ static int req_take_body(struct gw_req *r)
         gw_buf_compact(u);
     room = u->cap - u->off - u->len;
     n = c->in.len < room ? c->in.len : room;
-    if (r->body_chunked) {
-        ssize_t k = gw_chunked_scan(&r->chunk, gw_buf_head(&c->in), n);
-        if (k < 0)
-            return -1;
-        n = (size_t)k;
-        r->body_seen += n;
-        if (r->body_seen > r->cfgref->cfg->limits.max_body_bytes + 1024)
-            return -2;
-    } else if (n > r->body_left) {
-        n = (size_t)r->body_left;
-    }
+    ret = body_count(r, gw_buf_head(&c->in), n, &n);
+    if (ret != 0)
+        return ret;
     memcpy(u->data + u->off + u->len, gw_buf_head(&c->in), n);
     u->len += n;
     gw_buf_consume(&c->in, n);
-    if (!r->body_chunked)
-        r->body_left -= n;
     return 0;
 }
 

@@ -119,21 +119,28 @@ def _send_in_pieces(c, data, cuts, pause=0.15):
         time.sleep(pause)
 
 
+def _upload_then_get(gateway, head, framed, data, cuts, next_path, pause=0.15):
+    """Sends an upload (head, then its framed body) and a GET of next_path right behind it,
+    in the pieces between cuts; checks the upstream got data whole and the GET its answer."""
+    msg = head + framed + request_bytes("GET", next_path)
+    with gateway.raw(timeout=20) as c:
+        _send_in_pieces(c, msg, cuts, pause=pause)
+        first = c.read_response()
+        second = c.read_response()
+    assert first.status == 200, first
+    doc = json.loads(first.body)
+    assert (doc["length"], doc["sha256"]) == (len(data), sha256(data))
+    assert echo_doc(second)["path"] == next_path
+
+
 def test_chunked_upload_in_pieces_then_pipelined_request(gateway, upstream):
     """A chunked body that arrives in pieces while it streams to the upstream, with the next
     request in the same packet as its last piece: the body arrives unaltered, and the
     pipelined request is answered after it, on the same connection."""
     data = pattern(600000)
     head = request_bytes("POST", "/upload", [("Transfer-Encoding", "chunked")])
-    msg = head + chunked_body(data) + request_bytes("GET", "/echo/next")
-    with gateway.raw(timeout=20) as c:
-        _send_in_pieces(c, msg, [len(head) + 500, len(head) + 250000])
-        first = c.read_response()
-        second = c.read_response()
-    assert first.status == 200, first
-    doc = json.loads(first.body)
-    assert (doc["length"], doc["sha256"]) == (len(data), sha256(data))
-    assert echo_doc(second)["path"] == "/echo/next"
+    _upload_then_get(gateway, head, chunked_body(data), data,
+                     [len(head) + 500, len(head) + 250000], "/echo/next")
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -145,15 +152,10 @@ def test_chunked_upload_split_at_random_points(gateway, upstream, seed):
     data = bytes(rnd.getrandbits(8) for _ in range(400000))
     sizes = [rnd.choice([1, 2, 15, 16, 17, 255, 4096, 70000]) for _ in range(40)]
     head = request_bytes("POST", "/upload", [("Transfer-Encoding", "chunked")])
-    msg = head + chunked_body(data, sizes=sizes) + request_bytes("GET", "/echo/last")
-    cuts = sorted(rnd.sample(range(len(head) + 1, len(msg)), 30))
-    with gateway.raw(timeout=20) as c:
-        _send_in_pieces(c, msg, cuts, pause=0.01)
-        first = c.read_response()
-        second = c.read_response()
-    doc = json.loads(first.body)
-    assert (doc["length"], doc["sha256"]) == (len(data), sha256(data))
-    assert echo_doc(second)["path"] == "/echo/last"
+    framed = chunked_body(data, sizes=sizes)
+    end = len(head) + len(framed) + len(request_bytes("GET", "/echo/last"))
+    cuts = sorted(rnd.sample(range(len(head) + 1, end), 30))
+    _upload_then_get(gateway, head, framed, data, cuts, "/echo/last", pause=0.01)
 
 
 def test_midsize_upload_in_pieces_then_pipelined_request(gateway, upstream):
@@ -162,14 +164,8 @@ def test_midsize_upload_in_pieces_then_pipelined_request(gateway, upstream):
     and no byte of the second request is taken for the first one's body."""
     data = pattern(48 * 1024)
     head = request_bytes("POST", "/upload", [("Content-Length", str(len(data)))])
-    msg = head + data + request_bytes("GET", "/echo/after")
-    with gateway.raw(timeout=20) as c:
-        _send_in_pieces(c, msg, [len(head) + 100, len(head) + 20000])
-        first = c.read_response()
-        second = c.read_response()
-    doc = json.loads(first.body)
-    assert (doc["length"], doc["sha256"]) == (len(data), sha256(data))
-    assert echo_doc(second)["path"] == "/echo/after"
+    _upload_then_get(gateway, head, data, data, [len(head) + 100, len(head) + 20000],
+                     "/echo/after")
 
 
 def test_client_leaving_mid_chunked_body_disturbs_no_one(gateway, upstream):
